@@ -1,0 +1,1 @@
+"""Matching Guided Distillation for object detectors (Detectron2 extension)."""
