@@ -36,7 +36,11 @@ def partial_l2_loss(
     if margin is None:
         return (student - target).pow(2).sum()
     margin = margin.detach().float()
-    if torch.broadcast_shapes(margin.shape, target.shape) != target.shape:
+    try:
+        broadcastable = torch.broadcast_shapes(margin.shape, target.shape) == target.shape
+    except RuntimeError:
+        broadcastable = False
+    if not broadcastable:
         raise ValueError(
             f"margin of shape {tuple(margin.shape)} does not broadcast to the target {tuple(target.shape)}"
         )
