@@ -1,0 +1,80 @@
+"""Every ``cfg.MGD.*`` key, declared once with what it means.
+
+Call :func:`add_mgd_config` on a fresh ``get_cfg()`` before merging a config file; the
+helper :func:`get_mgd_cfg` does both.
+"""
+from detectron2.config import CfgNode as CN
+from detectron2.config import get_cfg
+
+
+def add_mgd_config(cfg: CN) -> CN:
+    """Declare the MGD keys on ``cfg`` (in place) and return it."""
+    cfg.MGD = CN()
+    # Meta-architecture of the student when MODEL.META_ARCHITECTURE is "MGDDistiller"
+    # (e.g. "RetinaNet", "GeneralizedRCNN"). The rest of cfg.MODEL describes the student.
+    cfg.MGD.STUDENT_META_ARCHITECTURE = "RetinaNet"
+
+    cfg.MGD.TEACHER = CN()
+    # Plain Detectron2 config file of the teacher (relative paths: to the working directory,
+    # then to the directory of the student's config file).
+    cfg.MGD.TEACHER.CONFIG_FILE = ""
+    # Teacher checkpoint (.pth / .pkl). Loaded strictly: missing or unexpected keys are errors.
+    cfg.MGD.TEACHER.WEIGHTS = ""
+    # Extra "KEY VALUE" overrides applied to the teacher config after its file.
+    cfg.MGD.TEACHER.OVERRIDES = []
+    # Allow a teacher checkpoint with missing/unexpected keys (logged loudly). Off by default.
+    cfg.MGD.TEACHER.ALLOW_PARTIAL_LOAD = False
+
+    # Distillation positions, by Detectron2 names: "res2".."res5" (last block of each
+    # ResNet stage, taken before its final ReLU) and FPN outputs "p2".."p7".
+    cfg.MGD.POSITIONS = ["res2", "res3", "res4", "res5"]
+    # Loss factor per position (same order as POSITIONS). The original detection code used
+    # 1/5e7, 1/5e7, 1/5e6, 1/5e6 for res2..res5 with a summed (not averaged) L2 loss.
+    cfg.MGD.FACTORS = [2e-8, 2e-8, 2e-7, 2e-7]
+    # Channel reducer: "AMP" (absolute max pooling, paper default), "RD" (random drop),
+    # "SP" (simple max pooling) or "SM" (sparse matching, one teacher channel each).
+    cfg.MGD.REDUCER = "AMP"
+    # Norm layer applied to student features inside the distillation branch only:
+    # "BN", "SyncBN", "GN" or "none". GN suits small per-GPU detection batches.
+    cfg.MGD.STUDENT_NORM = "BN"
+    # Number of groups when STUDENT_NORM is "GN" (reduced to a divisor of the channels).
+    cfg.MGD.NORM_GROUPS = 32
+    # Let several student channels share one teacher channel when the student is wider
+    # than the teacher (only with REDUCER "SM"). Off: such a pair is an error.
+    cfg.MGD.ALLOW_CHANNEL_SHARING = False
+    # Global multiplier of all distillation losses (0 disables them, keeping the wrapper).
+    cfg.MGD.LOSS_WEIGHT = 1.0
+
+    cfg.MGD.UPDATE = CN()
+    # Iterations between assignment updates; 0 means one epoch
+    # (ceil(len(train set) / SOLVER.IMS_PER_BATCH)).
+    cfg.MGD.UPDATE.PERIOD = 0
+    # From this iteration on, use SLOW_PERIOD instead of PERIOD (0: never slow down).
+    cfg.MGD.UPDATE.SLOW_AFTER = 0
+    # Period (iterations) used after SLOW_AFTER.
+    cfg.MGD.UPDATE.SLOW_PERIOD = 0
+    # Number of training batches tracked (eval mode, no grad) per assignment update.
+    cfg.MGD.UPDATE.NUM_BATCHES = 20
+    # Log tracking progress every this many batches.
+    cfg.MGD.UPDATE.LOG_PERIOD = 5
+
+    cfg.MGD.KD = CN()
+    # Add Hinton knowledge distillation on the classification logits of the heads
+    # (RetinaNet: sigmoid per anchor; R-CNN box head: softmax per proposal).
+    cfg.MGD.KD.ENABLED = False
+    # Weight of the KD loss.
+    cfg.MGD.KD.WEIGHT = 1.0
+    # KD temperature (the original MGD used 1.5 for classification).
+    cfg.MGD.KD.TEMPERATURE = 1.0
+
+    # Check teacher/student features for NaN/Inf every this many iterations, after the
+    # step's metrics were already read back (so no extra stall); 0 disables the check.
+    cfg.MGD.CHECK_FINITE_PERIOD = 1
+    # Wrap the student in DDP with find_unused_parameters (only if your model needs it).
+    cfg.MGD.FIND_UNUSED_PARAMETERS = False
+    return cfg
+
+
+def get_mgd_cfg() -> CN:
+    """A Detectron2 default config with the MGD keys declared."""
+    return add_mgd_config(get_cfg())

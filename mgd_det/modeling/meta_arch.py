@@ -1,0 +1,217 @@
+"""The MGD meta-architecture: a frozen teacher distils a trainable student through features."""
+import logging
+import math
+from typing import Dict, List, Optional
+
+import torch
+from detectron2.config import CfgNode
+from detectron2.modeling import META_ARCH_REGISTRY, build_model
+from detectron2.structures import ImageList
+from torch import nn
+
+from mgd_det.matching.distiller import MatchingDistiller, PositionSpec
+from mgd_det.matching.kd import hinton_kd_loss
+from mgd_det.matching.margins import margin_from_norm
+from mgd_det.matching.weighting import ConstantWeighting
+from mgd_det.modeling.feature_taps import FeatureTaps
+from mgd_det.modeling.teacher import build_teacher, file_sha256
+
+logger = logging.getLogger(__name__)
+
+
+def _digest_tensor(hex_digest: str) -> torch.Tensor:
+    return torch.tensor(list(bytes.fromhex(hex_digest)), dtype=torch.uint8)
+
+
+def build_student(cfg: CfgNode) -> nn.Module:
+    """The student: a plain detector described by cfg.MODEL with the student's meta-arch."""
+    student_cfg = cfg.clone()
+    student_cfg.defrost()
+    student_cfg.MODEL.META_ARCHITECTURE = cfg.MGD.STUDENT_META_ARCHITECTURE
+    if student_cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+        raise ValueError("MGD.STUDENT_META_ARCHITECTURE must be a plain detector, e.g. 'RetinaNet'.")
+    student_cfg.freeze()
+    return build_model(student_cfg)
+
+
+@META_ARCH_REGISTRY.register()
+class MGDDistiller(nn.Module):
+    """Wraps a student detector (``self.student``) and a frozen teacher.
+
+    Training returns the student's detection losses plus ``loss_mgd_<position>`` (and
+    ``loss_kd`` if enabled); inference returns the student's predictions, so Detectron2's
+    evaluators work unchanged.
+
+    The teacher is deliberately *not* a registered sub-module: it stays out of
+    ``state_dict`` (checkpoints hold the student and the distillation state only; the
+    teacher is reloaded from its own file), out of DDP, and out of ``model.train()``.
+    ``_apply`` forwards device/dtype moves to it.
+    """
+
+    def __init__(self, cfg: CfgNode, teacher: Optional[nn.Module] = None):
+        super().__init__()
+        positions = list(cfg.MGD.POSITIONS)
+        factors = list(cfg.MGD.FACTORS)
+        if len(factors) != len(positions):
+            raise ValueError(
+                f"MGD.FACTORS has {len(factors)} entries but MGD.POSITIONS has {len(positions)} "
+                f"({positions}); give one factor per position."
+            )
+        self.student = build_student(cfg)
+        load_teacher = teacher is None
+        self._teacher = teacher if teacher is not None else build_teacher(cfg)
+        for param in self._teacher.parameters():
+            param.requires_grad_(False)
+        self._teacher.eval()
+        self.register_buffer("teacher_sha256", torch.zeros(32, dtype=torch.uint8))
+        if load_teacher:
+            self.teacher_sha256.copy_(_digest_tensor(file_sha256(cfg.MGD.TEACHER.WEIGHTS)))
+
+        self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
+        self.teacher_taps = FeatureTaps(self._teacher.backbone, positions, "teacher")
+        specs = [
+            PositionSpec(
+                name=p,
+                student_channels=self.student_taps.channels(p),
+                teacher_channels=self.teacher_taps.channels(p),
+                factor=float(f),
+            )
+            for p, f in zip(positions, factors)
+        ]
+        self.distiller = MatchingDistiller(
+            specs,
+            reducer=cfg.MGD.REDUCER,
+            student_norm=cfg.MGD.STUDENT_NORM,
+            weighting=ConstantWeighting({p: cfg.MGD.LOSS_WEIGHT for p in positions}),
+            num_groups=cfg.MGD.NORM_GROUPS,
+            allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING,
+        ).to(self.student.device)
+        self.kd_weight = cfg.MGD.KD.WEIGHT if cfg.MGD.KD.ENABLED else 0.0
+        self.kd_temperature = cfg.MGD.KD.TEMPERATURE
+        if self.kd_weight:
+            self._check_kd_compatible()
+        self.check_finite = False  # set by the hook on iterations that check features
+        self.nonfinite_report: Optional[Dict[str, torch.Tensor]] = None
+        self.refresh_margins()
+
+    # ---------------------------------------------------------------- plumbing
+    @property
+    def teacher(self) -> nn.Module:
+        return self._teacher
+
+    @property
+    def device(self) -> torch.device:
+        return self.student.device
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._teacher._apply(fn, *args, **kwargs)
+        return self
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self._teacher.eval()  # the teacher is always in eval mode
+        return self
+
+    def teacher_digest(self) -> str:
+        return bytes(self.teacher_sha256.tolist()).hex()
+
+    def refresh_margins(self) -> None:
+        """Margins from the teacher's norm layers before each tapped ReLU (none for FPN)."""
+        self.distiller.set_margins(
+            {p: margin_from_norm(self.teacher_taps.norm_before_relu(p)) for p in self.distiller_positions}
+        )
+
+    @property
+    def distiller_positions(self) -> List[str]:
+        return list(self.student_taps.positions)
+
+    def _check_kd_compatible(self) -> None:
+        heads = [getattr(m, "head", None) for m in (self.student, self._teacher)]
+        if not all(h is not None and hasattr(h, "cls_score") for h in heads):
+            raise ValueError(
+                "MGD.KD.ENABLED needs dense (RetinaNet) heads on both teacher and student; "
+                "output KD for R-CNN heads is not supported. Disable MGD.KD or use RetinaNet."
+            )
+        shapes = [h.cls_score.out_channels for h in heads]
+        if shapes[0] != shapes[1]:
+            raise ValueError(
+                f"MGD.KD: student and teacher heads predict {shapes[0]} and {shapes[1]} logits per "
+                "location; they need the same classes and anchors per location."
+            )
+
+    # ---------------------------------------------------------------- features
+    def _padded_size(self, batched_inputs) -> tuple:
+        div = max(self.student.backbone.size_divisibility, 1)
+        h = max(x["image"].shape[-2] for x in batched_inputs)
+        w = max(x["image"].shape[-1] for x in batched_inputs)
+        return (math.ceil(h / div) * div, math.ceil(w / div) * div)
+
+    @torch.no_grad()
+    def teacher_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
+        """Teacher backbone (+FPN) once, on the student's padded canvas, no grad."""
+        teacher = self._teacher
+        images = [teacher._move_to_current_device(x["image"]) for x in batched_inputs]
+        images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
+        div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
+        images = ImageList.from_tensors(images, div)
+        with self.teacher_taps.capture() as feats:
+            outputs = teacher.backbone(images.tensor)
+        if self.kd_weight:
+            feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
+        return feats
+
+    def _crop_to_student(self, teacher_feats, student_feats):
+        """Drop extra bottom/right padding when the teacher needed a coarser canvas."""
+        for name, s in student_feats.items():
+            t = teacher_feats[name]
+            if t.shape[-2:] != s.shape[-2:] and t.shape[-2] >= s.shape[-2] and t.shape[-1] >= s.shape[-1]:
+                teacher_feats[name] = t[..., : s.shape[-2], : s.shape[-1]]
+        return teacher_feats
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, batched_inputs):
+        if not self.training:
+            return self.student(batched_inputs)
+        teacher_feats = self.teacher_features(batched_inputs)
+        teacher_logits = teacher_feats.pop("_head_logits", None)
+        student_logits = []
+        hook = None
+        if self.kd_weight:
+            hook = self.student.head.register_forward_hook(lambda m, i, o: student_logits.extend(o[0]))
+        try:
+            with self.student_taps.capture() as student_feats:
+                losses = self.student(batched_inputs)
+        finally:
+            if hook is not None:
+                hook.remove()
+        teacher_feats = self._crop_to_student(teacher_feats, student_feats)
+        if self.check_finite:
+            self.nonfinite_report = self._nonfinite_flags(student_feats, teacher_feats)
+        losses.update(self.distiller(student_feats, teacher_feats))
+        if self.kd_weight:
+            losses["loss_kd"] = self.kd_weight * sum(
+                hinton_kd_loss(s, t, self.kd_temperature, kind="sigmoid")
+                for s, t in zip(student_logits, teacher_logits)
+            ) / len(student_logits)
+        return losses
+
+    @staticmethod
+    def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:
+        """Per position, a device flag (no host sync here; the hook reads it after the step)."""
+        flags = {}
+        for name in student_feats:
+            flags[f"student {name}"] = ~torch.isfinite(student_feats[name].detach()).all()
+            flags[f"teacher {name}"] = ~torch.isfinite(teacher_feats[name]).all()
+        return flags
+
+    # ---------------------------------------------------------------- tracking
+    @torch.no_grad()
+    def track_batch(self, batched_inputs) -> None:
+        """Accumulate matching costs for one batch; both nets must already be in eval mode."""
+        teacher_feats = self.teacher_features(batched_inputs)
+        teacher_feats.pop("_head_logits", None)
+        images = self.student.preprocess_image(batched_inputs)
+        with self.student_taps.capture() as student_feats:
+            self.student.backbone(images.tensor)
+        self.distiller.track(student_feats, self._crop_to_student(teacher_feats, student_feats))
