@@ -3,6 +3,8 @@
 Call :func:`add_mgd_config` on a fresh ``get_cfg()`` before merging a config file; the
 helper :func:`get_mgd_cfg` does both.
 """
+import os
+
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
@@ -78,3 +80,35 @@ def add_mgd_config(cfg: CN) -> CN:
 def get_mgd_cfg() -> CN:
     """A Detectron2 default config with the MGD keys declared."""
     return add_mgd_config(get_cfg())
+
+
+def _resolve(path: str, config_dir: str) -> str:
+    """``path`` as given if it exists (or is absolute), else relative to the config's folder."""
+    if not path or os.path.isabs(path) or os.path.exists(path):
+        return path
+    candidate = os.path.join(config_dir, path)
+    return candidate if os.path.exists(candidate) else path
+
+
+def setup_cfg(config_file: str, opts=()) -> CN:
+    """Default config + MGD keys + ``config_file`` + ``opts``; teacher paths made usable.
+
+    Teacher config/weights paths may be written relative to the working directory or to
+    the folder of ``config_file``. Unknown keys raise Detectron2's KeyError, re-raised with
+    the file name so the user knows where to look.
+    """
+    cfg = get_mgd_cfg()
+    if not os.path.isfile(config_file):
+        raise FileNotFoundError(f"Config file not found: {config_file}")
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except KeyError as err:
+        raise KeyError(
+            f"{err.args[0] if err.args else err} (while reading {config_file} and command-line "
+            "options). Check the spelling; every MGD key is declared in mgd_det/config.py."
+        ) from err
+    config_dir = os.path.dirname(os.path.abspath(config_file))
+    cfg.MGD.TEACHER.CONFIG_FILE = _resolve(cfg.MGD.TEACHER.CONFIG_FILE, config_dir)
+    cfg.MGD.TEACHER.WEIGHTS = _resolve(cfg.MGD.TEACHER.WEIGHTS, config_dir)
+    return cfg

@@ -57,14 +57,6 @@ def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def resolve_path(path: str, relative_to: str = "") -> str:
-    """``path`` as given if it exists, else relative to ``relative_to`` (a config's folder)."""
-    if os.path.exists(path) or os.path.isabs(path) or not relative_to:
-        return path
-    candidate = os.path.join(relative_to, path)
-    return candidate if os.path.exists(candidate) else path
-
-
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's plain Detectron2 config, from MGD.TEACHER.CONFIG_FILE and OVERRIDES."""
     from mgd_det.config import get_mgd_cfg
@@ -75,7 +67,6 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
             "MGD.TEACHER.CONFIG_FILE is empty: set it to the teacher's Detectron2 config "
             "(e.g. configs/mini_digits/retinanet_R50_FPN.yaml)."
         )
-    config_file = resolve_path(config_file, getattr(cfg, "_mgd_config_dir", ""))
     if not os.path.isfile(config_file):
         raise FileNotFoundError(f"Teacher config file not found: {config_file} (MGD.TEACHER.CONFIG_FILE)")
     teacher_cfg = get_mgd_cfg()

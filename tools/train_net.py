@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""Train and evaluate plain detectors and MGD-distilled students (Detectron2 style).
+
+    python tools/train_net.py --config-file configs/mini_digits/retinanet_R50_FPN.yaml
+    python tools/train_net.py --config-file configs/mini_digits/mgd_retinanet_R50_to_R18_AMP.yaml
+    python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
+    python tools/train_net.py --config-file MGD_CFG --eval-teacher   # sanity check of the teacher
+    python tools/train_net.py --config-file CFG --num-gpus 8          # multi-GPU via launch()
+"""
+import logging
+
+import detectron2.utils.comm as comm
+from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.engine import default_argument_parser, default_setup, launch
+
+from mgd_det.config import setup_cfg
+from mgd_det.engine import MGDTrainer, is_mgd
+from mgd_det.modeling import build_teacher, build_teacher_cfg
+
+logger = logging.getLogger("mgd_det.train_net")
+
+
+def setup(args):
+    cfg = setup_cfg(args.config_file, args.opts)
+    cfg.freeze()
+    default_setup(cfg, args)
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_teacher:
+        if not is_mgd(cfg):
+            raise ValueError("--eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE: MGDDistiller).")
+        return MGDTrainer.test(build_teacher_cfg(cfg), build_teacher(cfg))
+    if args.eval_only:
+        model = MGDTrainer.build_model(cfg)
+        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        return MGDTrainer.test(cfg, model)
+    trainer = MGDTrainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+def parse_args(argv=None):
+    parser = default_argument_parser()
+    parser.add_argument("--eval-teacher", action="store_true", help="evaluate the MGD config's teacher alone")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":
+    args = parse_args()
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )
