@@ -50,7 +50,7 @@ def default_assignment(
     """The assignment of an all-equal cost matrix: student i gets teachers i, i+Cs, ... (mod Ct)."""
     groups = group_size(num_student, num_teacher, sparse, allow_sharing)
     slots = torch.arange(groups * num_student).view(groups, num_student).T
-    return slots % num_teacher
+    return (slots % num_teacher).contiguous()
 
 
 def _as_numpy_cost(cost: ArrayLike) -> np.ndarray:

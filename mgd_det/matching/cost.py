@@ -21,9 +21,16 @@ class ChannelCostTracker(nn.Module):
         num_student_channels, num_teacher_channels: Cs and Ct.
         persistent: whether the buffers go into ``state_dict`` (they are transient statistics
             of one assignment update, so owners usually pass False).
+        name: how error messages refer to this tracker (e.g. its distillation position).
     """
 
-    def __init__(self, num_student_channels: int, num_teacher_channels: int, persistent: bool = True):
+    def __init__(
+        self,
+        num_student_channels: int,
+        num_teacher_channels: int,
+        persistent: bool = True,
+        name: str = "ChannelCostTracker",
+    ):
         super().__init__()
         if num_student_channels <= 0 or num_teacher_channels <= 0:
             raise ValueError(
@@ -31,6 +38,7 @@ class ChannelCostTracker(nn.Module):
             )
         self.num_student_channels = int(num_student_channels)
         self.num_teacher_channels = int(num_teacher_channels)
+        self.name = name
         self.register_buffer(
             "cost_sum",
             torch.zeros(self.num_student_channels, self.num_teacher_channels, dtype=torch.float32),
@@ -53,12 +61,12 @@ class ChannelCostTracker(nn.Module):
             teacher_feat,
             self.num_student_channels,
             self.num_teacher_channels,
-            "ChannelCostTracker.update",
+            self.name,
         )
         # The tracker only runs in the no-grad tracking pass, where a host sync per batch is
         # acceptable; the training forward never calls this check.
-        check_finite(student_feat, "ChannelCostTracker.update: student features")
-        check_finite(teacher_feat, "ChannelCostTracker.update: teacher features")
+        check_finite(student_feat, f"{self.name}: student features")
+        check_finite(teacher_feat, f"{self.name}: teacher features")
         s = self._unit_channels(student_feat).to(self.cost_sum.device)
         t = self._unit_channels(teacher_feat).to(self.cost_sum.device)
         num = student_feat.shape[0]
@@ -79,5 +87,5 @@ class ChannelCostTracker(nn.Module):
     def mean_cost(self) -> torch.Tensor:
         """The mean cost per image, [Cs, Ct]. Raises RuntimeError if nothing was tracked."""
         if not bool(self.num_images > 0):  # host read: called once per solve, not per step
-            raise RuntimeError("ChannelCostTracker.mean_cost: no images were tracked since the last reset")
+            raise RuntimeError(f"{self.name}: no images were tracked since the last reset")
         return self.cost_sum / self.num_images

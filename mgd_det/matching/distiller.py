@@ -125,7 +125,7 @@ class MatchingDistiller(nn.Module):
                     f"({ct}); only reducer='SM' with allow_sharing=True supports that"
                 )
             self.norms[p.name] = _student_norm(student_norm, cs, num_groups, p.name)
-            self.trackers[p.name] = ChannelCostTracker(cs, ct, persistent=False)
+            self.trackers[p.name] = ChannelCostTracker(cs, ct, persistent=False, name=f"position {p.name!r}")
             self.register_buffer(
                 f"assignment_{p.name}", default_assignment(cs, ct, self.sparse, self.allow_sharing)
             )
@@ -255,14 +255,15 @@ class MatchingDistiller(nn.Module):
                 start = time.perf_counter()
                 new = solve_fn(mean_cost, sparse=self.sparse, allow_sharing=self.allow_sharing)
                 seconds = time.perf_counter() - start
-                new = new.to(buffer.device)
+                new = new.to(buffer.device).contiguous()
                 if tuple(new.shape) != tuple(buffer.shape):
                     raise RuntimeError(
                         f"position {name!r}: solver returned shape {tuple(new.shape)}, "
                         f"expected {tuple(buffer.shape)}"
                     )
             else:
-                new = torch.empty_like(buffer)
+                # Contiguous on purpose: collectives move raw memory.
+                new = torch.empty(buffer.shape, dtype=buffer.dtype, device=buffer.device)
             if world > 1:
                 torch.distributed.broadcast(new, src=0)
             num_changed = int((new != buffer).any(dim=1).sum())
