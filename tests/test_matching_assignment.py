@@ -1,4 +1,5 @@
 """Assignment solver: optimality against brute force, validity, and the Cs > Ct rule."""
+
 import itertools
 import math
 
@@ -15,7 +16,7 @@ def brute_force(cost, groups, capacity=1):
     num_student, num_teacher = cost.shape
     best = math.inf
     for choice in itertools.product(range(num_teacher), repeat=num_student * groups):
-        rows = [choice[i * groups:(i + 1) * groups] for i in range(num_student)]
+        rows = [choice[i * groups : (i + 1) * groups] for i in range(num_student)]
         if groups > 1 and any(list(r) != sorted(set(r)) for r in rows):
             continue  # distinct within a student; count each set once (sorted)
         if max(choice.count(j) for j in set(choice)) > capacity:

@@ -1,4 +1,5 @@
 """Channel cost tracker: direct computation, dead channels, bad input."""
+
 import pytest
 import torch
 
@@ -22,7 +23,10 @@ def direct_cost(student, teacher):
 def test_matches_direct_computation_over_batches():
     gen = torch.Generator().manual_seed(0)
     tracker = ChannelCostTracker(3, 5)
-    batches = [(torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 5, 4, 3, generator=gen)) for _ in range(2)]
+    batches = [
+        (torch.randn(2, 3, 4, 3, generator=gen), torch.randn(2, 5, 4, 3, generator=gen))
+        for _ in range(2)
+    ]
     batches.append((torch.randn(1, 3, 4, 3, generator=gen), torch.randn(1, 5, 4, 3, generator=gen)))
     expected = torch.zeros(3, 5, dtype=torch.float64)
     for s, t in batches:

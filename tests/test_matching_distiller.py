@@ -1,4 +1,5 @@
 """MatchingDistiller: loss, checkpointing, assignment updates, no host sync, bad input."""
+
 import os
 
 import pytest
@@ -19,8 +20,12 @@ POSITIONS = [PositionSpec("c2", 4, 8, factor=2.0), PositionSpec("c3", 3, 7)]
 
 def feats(batch=2, size=4, seed=0, requires_grad=False):
     gen = torch.Generator().manual_seed(seed)
-    student = {p.name: torch.randn(batch, p.student_channels, size, size, generator=gen) for p in POSITIONS}
-    teacher = {p.name: torch.randn(batch, p.teacher_channels, size, size, generator=gen) for p in POSITIONS}
+    student = {
+        p.name: torch.randn(batch, p.student_channels, size, size, generator=gen) for p in POSITIONS
+    }
+    teacher = {
+        p.name: torch.randn(batch, p.teacher_channels, size, size, generator=gen) for p in POSITIONS
+    }
     if requires_grad:
         for t in list(student.values()) + list(teacher.values()):
             t.requires_grad_(True)
@@ -37,8 +42,13 @@ def test_buffers_and_defaults():
     assert tuple(d.assignment_c2.shape) == (4, 2) and tuple(d.assignment_c3.shape) == (3, 2)
     keys = set(d.state_dict())
     for name in ("c2", "c3"):
-        assert {f"assignment_{name}", f"margin_{name}", f"margin_set_{name}", f"norms.{name}.weight",
-                f"norms.{name}.running_mean"} <= keys
+        assert {
+            f"assignment_{name}",
+            f"margin_{name}",
+            f"margin_set_{name}",
+            f"norms.{name}.weight",
+            f"norms.{name}.running_mean",
+        } <= keys
     assert "assigned" in keys
     assert not any(k.startswith("trackers.") for k in keys), "tracker statistics are transient"
 
@@ -64,7 +74,9 @@ def test_loss_equals_manual_composition(reducer, norm):
 def test_weighting_scales_losses():
     student, teacher = feats()
     plain = MatchingDistiller(POSITIONS)(student, teacher)
-    weighted = MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"c2": 0.5, "c3": 3.0, "kd": 1.0}))
+    weighted = MatchingDistiller(
+        POSITIONS, weighting=ConstantWeighting({"c2": 0.5, "c3": 3.0, "kd": 1.0})
+    )
     got = weighted(student, teacher)
     assert torch.allclose(got["loss_mgd_c2"], 0.5 * plain["loss_mgd_c2"])
     assert torch.allclose(got["loss_mgd_c3"], 3.0 * plain["loss_mgd_c3"])
@@ -86,8 +98,13 @@ def test_gradient_reaches_student_only():
 @pytest.mark.parametrize("reducer", ["AMP", "RD", "SP", "SM"])
 @pytest.mark.parametrize("norm", ["BN", "GN", "SyncBN"])
 def test_forward_backward_without_host_sync(reducer, norm):
-    d = MatchingDistiller(POSITIONS, reducer=reducer, student_norm=norm, num_groups=1,
-                          weighting=ConstantWeighting({"c2": 1.0, "c3": 2.0}))
+    d = MatchingDistiller(
+        POSITIONS,
+        reducer=reducer,
+        student_norm=norm,
+        num_groups=1,
+        weighting=ConstantWeighting({"c2": 1.0, "c3": 2.0}),
+    )
     d.set_margins({"c2": margins()["c2"], "c3": None})
     student, teacher = feats(requires_grad=True)
     mp_ = pytest.MonkeyPatch()
@@ -104,6 +121,7 @@ def test_forward_backward_without_host_sync(reducer, norm):
 def _forbidden(name):
     def raiser(*args, **kwargs):
         raise AssertionError(f"host synchronisation: Tensor.{name} called")
+
     return raiser
 
 
@@ -143,7 +161,9 @@ def planted(seed=0):
     gen = torch.Generator().manual_seed(seed)
     student = torch.randn(3, 4, 5, 5, generator=gen)
     perm = torch.randperm(8, generator=gen)
-    teacher = torch.cat([student, student], dim=1)[:, perm] * (1 + torch.rand(1, 8, 1, 1, generator=gen))
+    teacher = torch.cat([student, student], dim=1)[:, perm] * (
+        1 + torch.rand(1, 8, 1, 1, generator=gen)
+    )
     expected = torch.stack([(perm % 4 == i).nonzero().flatten() for i in range(4)])
     return student, teacher, expected
 
@@ -157,7 +177,9 @@ def test_finish_tracking_recovers_planted_assignment():
     stats = d.finish_tracking()["c2"]
     assert torch.equal(d.assignment_c2, expected)
     assert stats["mean_matched_cost"] == pytest.approx(0.0, abs=1e-5)
-    assert stats["num_changed"] == int((expected != torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]])).any(1).sum())
+    assert stats["num_changed"] == int(
+        (expected != torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]])).any(1).sum()
+    )
     assert stats["solve_seconds"] >= 0 and bool(d.assigned)
     # Tracking again on the same data changes nothing.
     d.start_tracking()
@@ -172,7 +194,10 @@ def test_sparse_sharing_distiller():
     d.start_tracking()
     d.track({"p": s}, {"p": t})
     d.finish_tracking()
-    assert torch.equal(d.assignment_p, solve_assignment(d.trackers["p"].mean_cost(), sparse=True, allow_sharing=True))
+    assert torch.equal(
+        d.assignment_p,
+        solve_assignment(d.trackers["p"].mean_cost(), sparse=True, allow_sharing=True),
+    )
     assert torch.bincount(d.assignment_p.flatten(), minlength=3).max() <= 2
     assert d({"p": s}, {"p": t})["loss_mgd_p"].shape == ()
 
@@ -182,9 +207,15 @@ def test_sparse_sharing_distiller():
     [
         (dict(reducer="MAX"), "SM, RD, AMP, SP"),
         (dict(student_norm="LN"), "BN, SyncBN, GN, none"),
-        (dict(positions=[PositionSpec("c5", 8, 4)]), "more channels .* reducer='SM' with allow_sharing"),
+        (
+            dict(positions=[PositionSpec("c5", 8, 4)]),
+            "more channels .* reducer='SM' with allow_sharing",
+        ),
         (dict(positions=[PositionSpec("c5", 8, 4)], allow_sharing=True), "reducer='SM'"),
-        (dict(positions=[PositionSpec("c5", 6, 12)], student_norm="GN", num_groups=4), "does not divide 6"),
+        (
+            dict(positions=[PositionSpec("c5", 6, 12)], student_norm="GN", num_groups=4),
+            "does not divide 6",
+        ),
         (dict(positions=[]), "at least one position"),
         (dict(positions=[PositionSpec("c2", 1, 2), PositionSpec("c2", 1, 2)]), "unique"),
     ],
@@ -236,12 +267,16 @@ def test_non_finite_features_and_margins():
 
 
 def _distributed_worker(rank, world, init_file, out_dir):
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world
+    )
     try:
         student, teacher, _ = planted()
         d = MatchingDistiller([PositionSpec("c2", 4, 8)])
         d.start_tracking()
-        d.track({"c2": student[rank::world]}, {"c2": teacher[rank::world]})  # each rank: its own images
+        d.track(
+            {"c2": student[rank::world]}, {"c2": teacher[rank::world]}
+        )  # each rank: its own images
         stats = d.finish_tracking()
         torch.save(
             {"assignment": d.assignment_c2, "cost": d.trackers["c2"].mean_cost(), "stats": stats},

@@ -1,4 +1,5 @@
 """Partial L2 loss, channel reducers and Hinton KD against reference computations."""
+
 import itertools
 
 import pytest
@@ -79,7 +80,9 @@ def _inputs(groups):
     return teacher, assignment, margin
 
 
-@pytest.mark.parametrize("reducer,groups", [("SM", 1), ("AMP", 2), ("SP", 2), ("AMP", 1), ("SP", 1)])
+@pytest.mark.parametrize(
+    "reducer,groups", [("SM", 1), ("AMP", 2), ("SP", 2), ("AMP", 1), ("SP", 1)]
+)
 def test_deterministic_reducers_match_reference(reducer, groups):
     teacher, assignment, margin = _inputs(groups)
     target, got_margin = reduce_teacher(teacher, assignment, margin, reducer)
@@ -107,7 +110,9 @@ def test_random_drop_matches_reference_and_is_reproducible():
     gen = torch.Generator().manual_seed(7)
     draws = [reduce_teacher(teacher, assignment, None, "RD", gen)[0] for _ in range(2)]
     assert not torch.equal(draws[0], draws[1]), "RD must resample on every call"
-    other_seed = reduce_teacher(teacher, assignment, None, "RD", torch.Generator().manual_seed(8))[0]
+    other_seed = reduce_teacher(teacher, assignment, None, "RD", torch.Generator().manual_seed(8))[
+        0
+    ]
     assert not torch.equal(first, other_seed)
 
 
@@ -139,12 +144,17 @@ def test_kd_softmax_reference():
     p_t = F.softmax(teacher / temp, dim=1)
     ref = (p_t * (p_t.log() - F.log_softmax(student / temp, dim=1))).sum(1).mean() * temp**2
     got = hinton_kd_loss(student, teacher, temp)
-    assert float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-5) and float(got.detach()) > 0
+    assert (
+        float(got.detach()) == pytest.approx(float(ref.detach()), rel=1e-5)
+        and float(got.detach()) > 0
+    )
     got.backward()
     assert student.grad is not None and teacher.grad is None
     assert float(hinton_kd_loss(teacher.detach(), teacher, temp)) == pytest.approx(0.0, abs=1e-6)
     # Leading axes count as rows.
-    assert float(hinton_kd_loss(student.detach().view(2, 2, 5), teacher.view(2, 2, 5), temp)) == pytest.approx(float(ref.detach()), rel=1e-5)
+    assert float(
+        hinton_kd_loss(student.detach().view(2, 2, 5), teacher.view(2, 2, 5), temp)
+    ) == pytest.approx(float(ref.detach()), rel=1e-5)
 
 
 def test_kd_sigmoid_reference():

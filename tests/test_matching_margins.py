@@ -17,7 +17,17 @@ def negative_mean_by_quadrature(beta, gamma):
 
 @pytest.mark.parametrize(
     "beta,gamma",
-    [(0.0, 1.0), (0.5, 1.0), (-0.5, 2.0), (1.0, -0.7), (-3.0, 0.5), (2.5, 1.0), (3.0, 1.0), (-0.2, 0.05), (0.1, 0.05)],
+    [
+        (0.0, 1.0),
+        (0.5, 1.0),
+        (-0.5, 2.0),
+        (1.0, -0.7),
+        (-3.0, 0.5),
+        (2.5, 1.0),
+        (3.0, 1.0),
+        (-0.2, 0.05),
+        (0.1, 0.05),
+    ],
 )
 def test_matches_numerical_integration(beta, gamma):
     got = gaussian_negative_mean(torch.tensor([beta]), torch.tensor([gamma]))

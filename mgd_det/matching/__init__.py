@@ -4,6 +4,7 @@ Cost tracking, channel assignment, teacher channel reducers, BN margins, the par
 loss, Hinton KD, loss weighting and the ``MatchingDistiller`` module tying them together.
 Usable for any pair of torch models.
 """
+
 from .assignment import default_assignment, group_size, matched_cost, solve_assignment
 from .cost import ChannelCostTracker
 from .distiller import STUDENT_NORMS, MatchingDistiller, PositionSpec

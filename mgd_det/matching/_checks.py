@@ -2,6 +2,7 @@
 
 Shape checks read only tensor metadata, so they never synchronise with the device.
 """
+
 from __future__ import annotations
 
 import torch

@@ -12,6 +12,7 @@ impossible. With ``allow_sharing`` the teacher columns are tiled ceil(Cs / Ct) t
 each student channel gets one teacher channel and each teacher channel serves at most
 ceil(Cs / Ct) student channels, at minimum total cost.
 """
+
 from __future__ import annotations
 
 import math
@@ -24,7 +25,9 @@ from scipy.optimize import linear_sum_assignment
 ArrayLike = Union[torch.Tensor, np.ndarray]
 
 
-def group_size(num_student: int, num_teacher: int, sparse: bool = False, allow_sharing: bool = False) -> int:
+def group_size(
+    num_student: int, num_teacher: int, sparse: bool = False, allow_sharing: bool = False
+) -> int:
     """G, the number of teacher channels per student channel; raises on an impossible setting."""
     if num_student <= 0 or num_teacher <= 0:
         raise ValueError(f"channel counts must be positive; got Cs={num_student}, Ct={num_teacher}")
@@ -65,7 +68,9 @@ def _as_numpy_cost(cost: ArrayLike) -> np.ndarray:
     return cost
 
 
-def solve_assignment(cost: ArrayLike, sparse: bool = False, allow_sharing: bool = False) -> torch.Tensor:
+def solve_assignment(
+    cost: ArrayLike, sparse: bool = False, allow_sharing: bool = False
+) -> torch.Tensor:
     """Optimal teacher channels for every student channel.
 
     Args:

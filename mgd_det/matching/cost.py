@@ -1,4 +1,5 @@
 """Accumulation of the channel matching cost between a student and a teacher feature map."""
+
 from __future__ import annotations
 
 import torch
@@ -44,7 +45,9 @@ class ChannelCostTracker(nn.Module):
             torch.zeros(self.num_student_channels, self.num_teacher_channels, dtype=torch.float32),
             persistent=persistent,
         )
-        self.register_buffer("num_images", torch.zeros((), dtype=torch.float32), persistent=persistent)
+        self.register_buffer(
+            "num_images", torch.zeros((), dtype=torch.float32), persistent=persistent
+        )
 
     @staticmethod
     def _unit_channels(feat: torch.Tensor) -> torch.Tensor:

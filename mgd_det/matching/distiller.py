@@ -1,4 +1,5 @@
 """MatchingDistiller: per-position student norm, channel assignment, margins and MGD loss."""
+
 from __future__ import annotations
 
 import logging
@@ -11,7 +12,7 @@ import torch
 from torch import nn
 
 from ._checks import check_feature_pair, check_finite, distributed_world_size
-from .assignment import default_assignment, group_size, matched_cost, solve_assignment
+from .assignment import default_assignment, matched_cost, solve_assignment
 from .cost import ChannelCostTracker
 from .loss import partial_l2_loss
 from .reducers import check_reducer, reduce_teacher
@@ -125,7 +126,9 @@ class MatchingDistiller(nn.Module):
                     f"({ct}); only reducer='SM' with allow_sharing=True supports that"
                 )
             self.norms[p.name] = _student_norm(student_norm, cs, num_groups, p.name)
-            self.trackers[p.name] = ChannelCostTracker(cs, ct, persistent=False, name=f"position {p.name!r}")
+            self.trackers[p.name] = ChannelCostTracker(
+                cs, ct, persistent=False, name=f"position {p.name!r}"
+            )
             self.register_buffer(
                 f"assignment_{p.name}", default_assignment(cs, ct, self.sparse, self.allow_sharing)
             )
@@ -180,7 +183,9 @@ class MatchingDistiller(nn.Module):
         """
         unknown = sorted(set(margins) - set(self.positions))
         if unknown:
-            raise ValueError(f"margins given for unknown positions {unknown}; known: {list(self.positions)}")
+            raise ValueError(
+                f"margins given for unknown positions {unknown}; known: {list(self.positions)}"
+            )
         for name, value in margins.items():
             buffer, flag = self.margin(name), getattr(self, f"margin_set_{name}")
             if value is None:
@@ -237,7 +242,9 @@ class MatchingDistiller(nn.Module):
             tracker.all_reduce()
         return self.solve_and_broadcast()
 
-    def solve_and_broadcast(self, solve_fn: Callable = solve_assignment) -> Dict[str, Dict[str, float]]:
+    def solve_and_broadcast(
+        self, solve_fn: Callable = solve_assignment
+    ) -> Dict[str, Dict[str, float]]:
         """Solve every position from the trackers' mean costs and update the assignments.
 
         In a multi-process group only rank 0 solves; the result is broadcast so that all
@@ -276,8 +283,12 @@ class MatchingDistiller(nn.Module):
             logger.info(
                 "MGD assignment %s (%dx%d): matched cost %.4f, %d student channels changed, "
                 "solved in %.3fs",
-                name, spec.student_channels, spec.teacher_channels,
-                stats[name]["mean_matched_cost"], num_changed, seconds,
+                name,
+                spec.student_channels,
+                spec.teacher_channels,
+                stats[name]["mean_matched_cost"],
+                num_changed,
+                seconds,
             )
         self.assigned.fill_(True)
         return stats

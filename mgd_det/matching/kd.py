@@ -1,4 +1,5 @@
 """Hinton knowledge distillation on logits, to combine with MGD's feature loss."""
+
 from __future__ import annotations
 
 import torch

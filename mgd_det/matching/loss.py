@@ -1,4 +1,5 @@
 """The partial L2 distillation loss (Heo et al., ICCV 2019) used by MGD."""
+
 from __future__ import annotations
 
 from typing import Optional

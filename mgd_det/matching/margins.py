@@ -4,6 +4,7 @@ Before the ReLU, a normalised-then-affine channel is read as N(beta, gamma^2). I
 is the mean of its negative part, m = E[x | x < 0]: everything the ReLU maps to 0 is
 represented by one value the student should not go above.
 """
+
 from __future__ import annotations
 
 import logging

@@ -10,6 +10,7 @@
   margin = mean of the G margins.
 - ``SP`` simple max pooling: per element the signed max; margin = max of the G margins.
 """
+
 from __future__ import annotations
 
 from typing import Optional, Tuple

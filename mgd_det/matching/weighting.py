@@ -1,4 +1,5 @@
 """Pluggable per-pathway loss weighting (constant now; learned, e.g. DistPro, later)."""
+
 from __future__ import annotations
 
 import math
@@ -33,7 +34,8 @@ class ConstantWeighting(LossWeighting):
             raise ValueError(f"weights must be finite; got {bad}")
         self.names = tuple(factors)
         self.register_buffer(
-            "factors", torch.tensor([float(factors[name]) for name in self.names], dtype=torch.float32)
+            "factors",
+            torch.tensor([float(factors[name]) for name in self.names], dtype=torch.float32),
         )
 
     def forward(self) -> Dict[str, torch.Tensor]:
