@@ -12,6 +12,7 @@ import logging
 import detectron2.utils.comm as comm
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.utils.logger import setup_logger
 
 from mgd_det.config import setup_cfg
 from mgd_det.engine import MGDTrainer, is_mgd
@@ -24,6 +25,7 @@ def setup(args):
     cfg = setup_cfg(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mgd_det")
     return cfg
 
 
