@@ -1,0 +1,37 @@
+"""Benchmarks of what MGD costs: step time, assignment updates, solver, memory.
+
+Every figure is a *ratio* of two (or three) workloads measured side by side in one run,
+interleaved repetition by repetition, so that a noisy machine slows both sides alike.
+The modules are small and independent:
+
+* :mod:`.stats` — interleaved timing and robust summaries (median, quartiles, min/max).
+* :mod:`.workloads` — config/model set-up, synthetic batches, the training step.
+* :mod:`.step` — MGD training step ÷ (student step + teacher forward), issue 6 item 1.
+* :mod:`.update` — assignment update ÷ bare forwards, and solver vs OR-Tools, item 2.
+* :mod:`.memory` — peak RSS of MGD vs student + teacher, fresh subprocesses, item 3
+  (not imported here: it is also the subprocesses' ``python -m`` entry point).
+* :mod:`.report` — the Markdown tables.
+
+``tools/benchmark.py`` is the command line.
+"""
+from mgd_det.benchmark.report import markdown_report
+from mgd_det.benchmark.stats import interleaved_times, ratio_summary, summarize
+from mgd_det.benchmark.step import measure_step_overhead
+from mgd_det.benchmark.update import (
+    load_assignment_npz,
+    measure_solver,
+    measure_update_cost,
+    save_assignment_npz,
+)
+
+__all__ = [
+    "interleaved_times",
+    "load_assignment_npz",
+    "markdown_report",
+    "measure_solver",
+    "measure_step_overhead",
+    "measure_update_cost",
+    "ratio_summary",
+    "save_assignment_npz",
+    "summarize",
+]

@@ -1,0 +1,70 @@
+"""Interleaved timing and robust summaries."""
+import logging
+import math
+import statistics
+import time
+from typing import Callable, Dict, List, Mapping, Sequence
+
+logger = logging.getLogger(__name__)
+
+
+def interleaved_times(
+    arms: Mapping[str, Callable[[int], None]], reps: int, warmup: int
+) -> Dict[str, List[float]]:
+    """Run every arm once per repetition, in the given order (A, B, C, A, B, C, ...).
+
+    Each arm is called with the repetition index (warm-up repetitions get negative
+    indices) and timed with ``time.perf_counter``; warm-up repetitions are discarded.
+    Returns seconds per arm, one value per kept repetition.
+    """
+    if reps <= 0:
+        raise ValueError(f"reps must be positive, got {reps}")
+    times: Dict[str, List[float]] = {name: [] for name in arms}
+    for rep in range(-warmup, reps):
+        for name, arm in arms.items():
+            start = time.perf_counter()
+            arm(rep)
+            seconds = time.perf_counter() - start
+            if rep >= 0:
+                times[name].append(seconds)
+        logger.info(
+            "rep %d/%d: %s", rep + 1, reps,
+            ", ".join(f"{n} {times[n][-1]:.3f}s" for n in arms) if rep >= 0 else "warm-up",
+        )
+    return times
+
+
+def _quantile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolation quantile of already sorted values."""
+    pos = (len(sorted_values) - 1) * q
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+def summarize(values: Sequence[float]) -> Dict[str, float]:
+    """Median, quartiles, min and max of a sample (n = 1 gives all equal)."""
+    if not values:
+        raise ValueError("cannot summarise an empty sample")
+    ordered = sorted(float(v) for v in values)
+    return {
+        "median": statistics.median(ordered),
+        "q1": _quantile(ordered, 0.25),
+        "q3": _quantile(ordered, 0.75),
+        "min": ordered[0],
+        "max": ordered[-1],
+        "n": len(ordered),
+    }
+
+
+def ratio_summary(numerator: Sequence[float], denominator: Sequence[float]) -> Dict[str, float]:
+    """Summary of the per-repetition ratios numerator[i] / denominator[i].
+
+    Pairing by repetition keeps the two sides of each ratio measured back to back, which
+    cancels most of the machine's slow drifts; ``of_medians`` is given for reference.
+    """
+    if len(numerator) != len(denominator):
+        raise ValueError("numerator and denominator need one value per repetition each")
+    ratios = [n / d for n, d in zip(numerator, denominator)]
+    summary = summarize(ratios)
+    summary["of_medians"] = statistics.median(numerator) / statistics.median(denominator)
+    return summary
