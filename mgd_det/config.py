@@ -103,7 +103,7 @@ def setup_cfg(config_file: str, opts=()) -> CN:
     try:
         cfg.merge_from_file(config_file)
         cfg.merge_from_list(list(opts))
-    except KeyError as err:
+    except (KeyError, AssertionError) as err:  # yacs reports unknown keys either way
         raise KeyError(
             f"{err.args[0] if err.args else err} (while reading {config_file} and command-line "
             "options). Check the spelling; every MGD key is declared in mgd_det/config.py."
