@@ -54,8 +54,10 @@ def get_parser():
     parser.add_argument("--settings", help="override the step/memory batches, e.g. 4x256,2x512")
     parser.add_argument("--update-batches", help="override the update's K x images x side, e.g. 10x16x128")
     parser.add_argument("--update-data", choices=["synthetic", "mini_digits"], help="override the update's images")
-    parser.add_argument("--reps", type=int, help="override the step repetitions")
+    parser.add_argument("--reps", type=int, help="override the step, update and solver repetitions")
     parser.add_argument("--warmup", type=int, help="override the warm-up repetitions")
+    parser.add_argument("--memory-reps", type=int, help="override the pairs of memory processes")
+    parser.add_argument("--memory-steps", type=int, help="override the training steps per memory process")
     parser.add_argument("--profile", action="store_true", help="also save a torch.profiler table of the MGD step")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     return parser
@@ -81,9 +83,11 @@ def run(args):
         plan["update_batches"] = tuple(int(v) for v in args.update_batches.split("x"))
     if args.update_data:
         plan["update_data"] = args.update_data
-    for key in ("reps", "warmup"):
-        if getattr(args, key) is not None:
-            plan[key] = getattr(args, key)
+    overrides = {"reps": ("reps", "update_reps", "solver_reps"), "warmup": ("warmup",),
+                 "memory_reps": ("memory_reps",), "memory_steps": ("memory_steps",)}
+    for arg, keys in overrides.items():
+        if getattr(args, arg) is not None:
+            plan.update({key: getattr(args, arg) for key in keys})
     only = [p for p in args.only.split(",") if p]
     unknown = sorted(set(only) - set(PARTS))
     if unknown:
@@ -116,7 +120,7 @@ def run(args):
     if "update" in only:
         mgd, _ = build_models(cfg, args.teacher_weights)
         sets = update_batch_sets(cfg, plan, plan["update_reps"] + 1)
-        update = measure_update_cost(mgd, sets, plan["update_reps"], 1, os.path.join(args.out_dir, "assignment.npz"))
+        update = measure_update_cost(mgd, sets, plan["update_reps"], min(plan["warmup"], 1), os.path.join(args.out_dir, "assignment.npz"))
         costs = update.pop("costs")
         results["update"] = update
         del mgd
