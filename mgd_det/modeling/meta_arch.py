@@ -59,7 +59,8 @@ class MGDDistiller(nn.Module):
             )
         self.student = build_student(cfg)
         load_teacher = teacher is None
-        self._teacher = teacher if teacher is not None else build_teacher(cfg)
+        # object.__setattr__ bypasses nn.Module registration: see the class docstring.
+        object.__setattr__(self, "_teacher", teacher if teacher is not None else build_teacher(cfg))
         for param in self._teacher.parameters():
             param.requires_grad_(False)
         self._teacher.eval()
@@ -155,17 +156,32 @@ class MGDDistiller(nn.Module):
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
         div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
         images = ImageList.from_tensors(images, div)
+        self._student_canvas = self._padded_size(batched_inputs)
         with self.teacher_taps.capture() as feats:
             outputs = teacher.backbone(images.tensor)
+        feats["_canvas"] = tuple(images.tensor.shape[-2:])
         if self.kd_weight:
             feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
         return feats
 
     def _crop_to_student(self, teacher_feats, student_feats):
-        """Drop extra bottom/right padding when the teacher needed a coarser canvas."""
+        """Drop the teacher's extra bottom/right padding when it needed a coarser canvas.
+
+        Only a difference explained by padding is cropped: at a position of stride ``s`` the
+        teacher map must be ``ceil(teacher canvas / s)`` where ``s`` is the student's stride
+        there. Anything else (e.g. a dilated teacher stage) is left for the distiller to
+        report as a spatial mismatch.
+        """
+        teacher_canvas = teacher_feats.pop("_canvas")
+        student_canvas = self._student_canvas
         for name, s in student_feats.items():
             t = teacher_feats[name]
-            if t.shape[-2:] != s.shape[-2:] and t.shape[-2] >= s.shape[-2] and t.shape[-1] >= s.shape[-1]:
+            if t.shape[-2:] == s.shape[-2:]:
+                continue
+            expected = tuple(
+                math.ceil(tc * sf / sc) for tc, sf, sc in zip(teacher_canvas, s.shape[-2:], student_canvas)
+            )
+            if tuple(t.shape[-2:]) == expected:
                 teacher_feats[name] = t[..., : s.shape[-2], : s.shape[-1]]
         return teacher_feats
 
