@@ -2,7 +2,7 @@
 import hashlib
 import logging
 import os
-from typing import List
+from typing import List, Optional
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import CfgNode
@@ -14,6 +14,26 @@ logger = logging.getLogger(__name__)
 
 class IncompatibleWeightsError(RuntimeError):
     """A checkpoint does not fit the model it is loaded into."""
+
+
+def _listed(keys: List, limit: Optional[int]) -> str:
+    keys = sorted(keys)
+    if limit is None or len(keys) <= limit:
+        return f"{keys}"
+    return f"{keys[:limit]} ... and {len(keys) - limit} more"
+
+
+def incompatibility_problems(incompatible, limit: Optional[int] = None) -> List[str]:
+    """Human-readable missing / unexpected / mis-shaped keys (at most ``limit`` of each)."""
+    problems: List[str] = []
+    if incompatible.missing_keys:
+        problems.append(f"missing keys: {_listed(incompatible.missing_keys, limit)}")
+    if incompatible.unexpected_keys:
+        problems.append(f"unexpected keys: {_listed(incompatible.unexpected_keys, limit)}")
+    if incompatible.incorrect_shapes:
+        shapes = [f"{k} (file {a}, model {b})" for k, a, b in incompatible.incorrect_shapes]
+        problems.append(f"shape mismatches: {_listed(shapes, limit)}")
+    return problems
 
 
 class StrictCheckpointer(DetectionCheckpointer):
@@ -29,14 +49,7 @@ class StrictCheckpointer(DetectionCheckpointer):
         self.allow_partial = allow_partial
 
     def _log_incompatible_keys(self, incompatible) -> None:
-        problems: List[str] = []
-        if incompatible.missing_keys:
-            problems.append(f"missing keys: {sorted(incompatible.missing_keys)}")
-        if incompatible.unexpected_keys:
-            problems.append(f"unexpected keys: {sorted(incompatible.unexpected_keys)}")
-        if incompatible.incorrect_shapes:
-            shapes = [f"{k} (file {a}, model {b})" for k, a, b in incompatible.incorrect_shapes]
-            problems.append(f"shape mismatches: {shapes}")
+        problems = incompatibility_problems(incompatible)
         if not problems:
             return
         message = f"{self.what} weights do not match its config: " + "; ".join(problems)

@@ -1,0 +1,90 @@
+"""Session fixtures shared by the end-to-end tests.
+
+- ``tiny_datasets``: generates the tiny mini digits splits (16 train / 8 val images of 64x64)
+  once per session in a temporary folder and points ``$MGD_DATASETS`` at it.
+- ``tiny_teacher_weights(config)``: a plain checkpoint of a freshly initialised detector
+  (fixed seed), written once per config per session; it stands in for a trained teacher (or a
+  pretrained student).
+- ``tiny_cfg(config, output_dir, *opts)``: a frozen config on the tiny sets (batch 2, a few
+  iterations, no data workers); for MGD configs the teacher weights come from
+  ``tiny_teacher_weights``.
+"""
+import os
+
+import pytest
+import torch
+
+import _tiny
+
+# One intra-op thread: the CI machines have 2 cores shared with other jobs, and
+# oversubscribed threads made tiny training steps ~10x slower. Also keeps CPU math stable.
+torch.set_num_threads(1)
+
+# _tiny holds the shared tiny-run options; evaluation only where a test asks for it.
+TEST_OPTS = list(_tiny.TINY_OPTS) + ["DATASETS.TEST", "()"]
+
+
+def config_path(name: str) -> str:
+    """A config by file name in configs/mini_digits, or a path as given."""
+    return name if os.path.isfile(name) else _tiny.config_path(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_datasets(tmp_path_factory):
+    """Root of the generated tiny sets; ``$MGD_DATASETS`` points at it for the session."""
+    from mgd_det.data import ensure_generated
+
+    root = str(tmp_path_factory.mktemp("datasets"))
+    previous = os.environ.get("MGD_DATASETS")
+    os.environ["MGD_DATASETS"] = root
+    for name in ("mini_digits_tiny_train", "mini_digits_tiny_val"):
+        ensure_generated(name)
+    yield root
+    if previous is None:
+        os.environ.pop("MGD_DATASETS", None)
+    else:
+        os.environ["MGD_DATASETS"] = previous
+
+
+@pytest.fixture(scope="session")
+def tiny_teacher_weights(tmp_path_factory, tiny_datasets):
+    """Factory: plain config (name or path) -> path of a fixed-seed checkpoint, cached."""
+    from detectron2.modeling import build_model
+
+    from mgd_det.config import setup_cfg
+
+    folder = tmp_path_factory.mktemp("weights")
+    cache = {}
+
+    def make(config_name: str, seed: int = 0) -> str:
+        key = (os.path.abspath(config_path(config_name)), seed)
+        if key not in cache:
+            cfg = setup_cfg(key[0], ["MODEL.DEVICE", "cpu"])
+            torch.manual_seed(seed)
+            model = build_model(cfg)
+            stem = os.path.splitext(os.path.basename(key[0]))[0]
+            path = str(folder / f"{stem}_seed{seed}.pth")
+            torch.save({"model": model.state_dict()}, path)
+            cache[key] = path
+        return cache[key]
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(tiny_datasets, tiny_teacher_weights):
+    """Factory: (config, output_dir, *opts, freeze=True) -> config on the tiny sets."""
+    from mgd_det.config import setup_cfg
+
+    def make(config_name: str, output_dir, *opts, freeze: bool = True):
+        path = config_path(config_name)
+        cfg = setup_cfg(path, TEST_OPTS + ["OUTPUT_DIR", str(output_dir)] + list(opts))
+        if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller" and not any(
+            o == "MGD.TEACHER.WEIGHTS" for o in opts
+        ):
+            cfg.MGD.TEACHER.WEIGHTS = tiny_teacher_weights(cfg.MGD.TEACHER.CONFIG_FILE)
+        if freeze:
+            cfg.freeze()
+        return cfg
+
+    return make
