@@ -61,6 +61,20 @@ def student_state_dict(state: Dict) -> Dict[str, torch.Tensor]:
     return {key[n:]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
 
 
+def export_student(checkpoint_file: str, output_file: str) -> Dict[str, torch.Tensor]:
+    """Write the student of an MGD checkpoint as a plain ``{"model": state_dict}`` file."""
+    try:
+        data = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
+    except Exception as err:
+        raise CheckpointLoadError(f"Cannot read checkpoint {checkpoint_file}: {err}") from err
+    state = student_state_dict(data.get("model", data) if isinstance(data, dict) else {})
+    foreign = [k for k in state if k.startswith(("distiller.", "_teacher.", DIGEST_KEY, STUDENT_PREFIX))]
+    if foreign:  # e.g. a student that itself wraps a distiller
+        raise ValueError(f"{checkpoint_file}: the student's state holds foreign keys {foreign[:5]}")
+    torch.save({"model": state}, output_file)
+    return state
+
+
 def incompatible_keys(state: Dict, model_state: Dict) -> _IncompatibleKeys:
     """Missing, unexpected and mis-shaped keys of ``state`` against a model's state dict."""
     missing = [
