@@ -69,8 +69,8 @@ def add_mgd_config(cfg: CN) -> CN:
     # KD temperature (the original MGD used 1.5 for classification).
     cfg.MGD.KD.TEMPERATURE = 1.0
 
-    # Check teacher/student features for NaN/Inf every this many iterations, after the
-    # step's metrics were already read back (so no extra stall); 0 disables the check.
+    # Flag NaN/Inf teacher/student features every this many iterations (device-side, read
+    # only when training stops, to name the position behind a NaN loss); 0 disables it.
     cfg.MGD.CHECK_FINITE_PERIOD = 1
     # Wrap the student in DDP with find_unused_parameters (only if your model needs it).
     cfg.MGD.FIND_UNUSED_PARAMETERS = False

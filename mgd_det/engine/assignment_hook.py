@@ -100,8 +100,13 @@ class MGDAssignmentHook(HookBase):
         period = self.check_finite_period
         self.model.check_finite = bool(period) and self.trainer.iter % period == 0
 
-    def after_step(self):
+    def after_train(self):
+        # Runs in the trainer's `finally`: when Detectron2 stopped on a NaN/Inf loss, say
+        # which position (and which net) produced non-finite features. The flags are device
+        # tensors accumulated during the steps; they are only read here, never per step.
         self._raise_on_nonfinite()
+
+    def after_step(self):
         completed = self.trainer.iter + 1
         if completed < self.trainer.max_iter and self.schedule.due(completed):
             self.update(at_iter=completed)
@@ -115,15 +120,13 @@ class MGDAssignmentHook(HookBase):
     # ------------------------------------------------------------ work
     def _raise_on_nonfinite(self) -> None:
         report = self.model.nonfinite_report
-        self.model.nonfinite_report = None
         if not report:
             return
-        # One read-back of a few flags, after Detectron2 already read the step's losses.
         flags = torch.stack(list(report.values())).cpu().tolist()
         bad = [name for name, flag in zip(report, flags) if flag]
         if bad:
             raise FloatingPointError(
-                f"Non-finite (NaN/Inf) distillation features at iteration {self.trainer.iter} in: "
+                f"Non-finite (NaN/Inf) distillation features by iteration {self.trainer.iter} in: "
                 f"{', '.join(bad)}. Lower the learning rate, enable gradient clipping, or check "
                 "the teacher weights and input images."
             )

@@ -203,7 +203,9 @@ class MGDDistiller(nn.Module):
                 hook.remove()
         teacher_feats = self._crop_to_student(teacher_feats, student_feats)
         if self.check_finite:
-            self.nonfinite_report = self._nonfinite_flags(student_feats, teacher_feats)
+            flags = self._nonfinite_flags(student_feats, teacher_feats)
+            previous = self.nonfinite_report or {}
+            self.nonfinite_report = {k: v | previous[k] if k in previous else v for k, v in flags.items()}
         losses.update(self.distiller(student_feats, teacher_feats))
         if self.kd_weight:
             losses["loss_kd"] = self.kd_weight * sum(
@@ -214,7 +216,11 @@ class MGDDistiller(nn.Module):
 
     @staticmethod
     def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:
-        """Per position, a device flag (no host sync here; the hook reads it after the step)."""
+        """Per position and net, a device flag "went non-finite" (no host sync here).
+
+        Flags accumulate over steps; the assignment hook reads them only when training
+        stops, to name the position where a NaN/Inf loss came from.
+        """
         flags = {}
         for name in student_feats:
             flags[f"student {name}"] = ~torch.isfinite(student_feats[name].detach()).all()

@@ -1,0 +1,221 @@
+"""End-to-end MGD distillation with real Detectron2 models on the tiny mini digits split."""
+import math
+
+import pytest
+import torch
+from detectron2.data import DatasetCatalog, DatasetMapper
+from detectron2.engine import HookBase
+from detectron2.modeling import build_model
+from detectron2.utils.events import EventStorage
+
+from _tiny import MINI, save_plain_weights, tiny_cfg, train
+from mgd_det.modeling import IncompatibleWeightsError, MGDDistiller
+
+MGD_RETINA = "mgd_retinanet_R50_R18_AMP.yaml"
+
+
+@pytest.fixture(autouse=True)
+def tiny_root(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("MGD_DATASETS", str(tmp_path_factory.getbasetemp() / "datasets"))
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """Plain detector checkpoints used as teachers, built once per module."""
+    cache = {}
+
+    def get(config_name):
+        if config_name not in cache:
+            cache[config_name] = save_plain_weights(config_name, tmp_path_factory.mktemp("w"))
+        return cache[config_name]
+
+    return get
+
+
+def mgd_cfg(tmp_path, weights, config_name=MGD_RETINA, teacher="retinanet_R50_FPN.yaml", *opts):
+    return tiny_cfg(
+        config_name, tmp_path,
+        "MGD.TEACHER.CONFIG_FILE", teacher, "MGD.TEACHER.WEIGHTS", weights(teacher), *opts,
+    )
+
+
+def fixed_batch(cfg, n=2):
+    mapper = DatasetMapper(cfg, is_train=True)
+    return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:n]]
+
+
+def mgd_losses(losses):
+    return {k: v for k, v in losses.items() if k.startswith("loss_mgd_")}
+
+
+@pytest.mark.parametrize(
+    "config_name,teacher,tasks",
+    [
+        (MGD_RETINA, "retinanet_R50_FPN.yaml", ["bbox"]),
+        ("mgd_mask_rcnn_R50_R18_AMP.yaml", "mask_rcnn_R50_FPN.yaml", ["bbox", "segm"]),
+        ("mgd_mask_rcnn_R50_to_retinanet_R18_AMP.yaml", "mask_rcnn_R50_FPN.yaml", ["bbox"]),
+    ],
+)
+def test_mgd_trains_updates_each_epoch_and_evaluates_student(tmp_path, weights, config_name, teacher, tasks):
+    # 16 tiny training images / batch 2 = 8 iterations per epoch; 9 iterations cross one boundary.
+    cfg = mgd_cfg(tmp_path, weights, config_name, teacher, "SOLVER.MAX_ITER", "9")
+    trainer, results = train(cfg)
+    assert trainer.mgd_hook.update_iters == [0, 8]
+    for task in tasks:
+        assert all(math.isfinite(results[task][k]) for k in ("AP", "AP50", "AP75"))
+    history = trainer.storage.history("loss_mgd_res2").values()
+    assert len(history) > 0 and all(math.isfinite(v) for v, _ in history)
+    assert bool(trainer.unwrapped_model.distiller.assigned)
+
+
+@pytest.fixture(autouse=True)
+def event_storage():
+    """Detectron2 heads log to an EventStorage during training forwards."""
+    with EventStorage(0) as storage:
+        yield storage
+
+
+def test_distillation_loss_decreases_on_a_fixed_batch(tmp_path, weights):
+    torch.manual_seed(0)
+    cfg = mgd_cfg(tmp_path, weights)
+    model = build_model(cfg).train()
+    batch = fixed_batch(cfg)
+    model.eval()
+    model.distiller.start_tracking()
+    model.track_batch(batch)
+    model.distiller.finish_tracking()
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.05, momentum=0.9)
+    totals = []
+    for _ in range(8):
+        loss = sum(mgd_losses(model(batch)).values())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        totals.append(float(loss))
+    assert all(math.isfinite(t) for t in totals)
+    assert all(b < a for a, b in zip(totals, totals[1:])), totals
+    assert totals[-1] < 0.98 * totals[0], totals
+
+
+def test_teacher_frozen_in_eval_and_each_backbone_runs_once_per_step(tmp_path, weights):
+    cfg = mgd_cfg(tmp_path, weights)
+    model = build_model(cfg)
+    model.train()
+    assert not model.teacher.training and model.student.training
+    assert all(not p.requires_grad for p in model.teacher.parameters())
+    assert not any(n.startswith("teacher") or "._teacher" in n for n, _ in model.named_parameters())
+    before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
+    calls = {"teacher": 0, "student": 0}
+    model.teacher.backbone.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
+    model.student.backbone.register_forward_hook(lambda *a: calls.__setitem__("student", calls["student"] + 1))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    for _ in range(2):
+        losses = model(fixed_batch(cfg))
+        optimizer.zero_grad()
+        sum(losses.values()).backward()
+        optimizer.step()
+    assert calls == {"teacher": 2, "student": 2}
+    assert all(p.grad is None for p in model.teacher.parameters())
+    after = model.teacher.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included
+    assert not model.teacher.training
+
+
+def test_eval_mode_returns_student_predictions(tmp_path, weights):
+    cfg = mgd_cfg(tmp_path, weights)
+    model = build_model(cfg).eval()
+    inputs = [{k: v for k, v in x.items() if k != "instances"} for x in fixed_batch(cfg, 1)]
+    with torch.no_grad():
+        ours, students = model(inputs), model.student(inputs)
+    assert torch.equal(ours[0]["instances"].scores, students[0]["instances"].scores)
+
+
+# ----------------------------------------------------------------------------- bad input
+def test_missing_teacher_config_and_weights(tmp_path, weights):
+    with pytest.raises(FileNotFoundError, match="Teacher config file not found"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml",
+                            "MGD.TEACHER.CONFIG_FILE", "no_such_teacher.yaml"))
+    with pytest.raises(FileNotFoundError, match="Teacher weights not found"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml",
+                            "MGD.TEACHER.WEIGHTS", str(tmp_path / "missing.pth")))
+    with pytest.raises(ValueError, match="MGD.TEACHER.WEIGHTS is empty"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.TEACHER.WEIGHTS", ""))
+
+
+def test_teacher_weights_of_another_architecture(tmp_path, weights):
+    r18 = weights("retinanet_R18_FPN.yaml")
+    with pytest.raises(IncompatibleWeightsError, match="Teacher weights do not match"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.TEACHER.WEIGHTS", r18))
+
+
+def test_position_that_does_not_exist(tmp_path, weights):
+    with pytest.raises(ValueError, match=r"position\(s\) \['p2'\] do not exist"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml",
+                            "MGD.POSITIONS", "['res5', 'p2']", "MGD.FACTORS", "[1.0, 1.0]"))
+
+
+def test_factor_count_must_match_positions(tmp_path, weights):
+    with pytest.raises(ValueError, match="one factor per position"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.FACTORS", "[1.0]"))
+
+
+DC5_TEACHER = """
+_BASE_: "{mini}/mask_rcnn_R50_FPN.yaml"
+MODEL:
+  MASK_ON: False
+  BACKBONE: {{NAME: "build_resnet_backbone"}}
+  RESNETS: {{OUT_FEATURES: ["res5"], RES5_DILATION: 2}}
+  RPN: {{IN_FEATURES: ["res5"]}}
+  ANCHOR_GENERATOR: {{SIZES: [[16, 32, 64]]}}
+  ROI_HEADS: {{IN_FEATURES: ["res5"]}}
+"""
+
+
+def test_different_spatial_sizes_are_reported(tmp_path, weights):
+    # A dilated res5 (DC5 teacher) has stride 16 where the student's has stride 32.
+    teacher_file = tmp_path / "teacher_dc5.yaml"
+    teacher_file.write_text(DC5_TEACHER.format(mini=MINI))
+    cfg = mgd_cfg(tmp_path, weights, MGD_RETINA, str(teacher_file), "MGD.POSITIONS", "['res5']", "MGD.FACTORS", "[1.0]")
+    model = build_model(cfg).train()
+    with pytest.raises(ValueError, match="res5.*spatial|spatial.*res5"):
+        model(fixed_batch(cfg))
+
+
+def test_wider_student_than_teacher_needs_sharing(tmp_path, weights):
+    with pytest.raises(ValueError, match="more channels"):
+        build_model(mgd_cfg(tmp_path, weights, "mgd_retinanet_R50_R18_AMP.yaml", "retinanet_R18_FPN.yaml",
+                            "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"))
+
+
+def test_unknown_reducer(tmp_path, weights):
+    with pytest.raises(ValueError, match="XYZ"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.REDUCER", "XYZ"))
+
+
+def test_nan_in_teacher_features_is_reported_with_position(tmp_path, weights):
+    cfg = mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "SOLVER.MAX_ITER", "3")
+    from mgd_det.engine import MGDTrainer
+
+    trainer = MGDTrainer(cfg)
+    trainer.resume_or_load(resume=False)
+    norm = trainer.unwrapped_model.teacher_taps.norm_before_relu("res4")
+    # Poison the teacher's res4 after margins are computed: the features go NaN there.
+    trainer.register_hooks([_PoisonAfterFirstStep(trainer.unwrapped_model.teacher.backbone.bottom_up.res4)])
+    with pytest.raises(FloatingPointError, match="teacher res4"):
+        trainer.train()
+    assert norm is not None
+
+
+class _PoisonAfterFirstStep(HookBase):
+    """Makes one teacher stage produce NaN from the second step on."""
+
+    def __init__(self, stage):
+        self.stage = stage
+
+    def before_step(self):
+        if self.trainer.iter == 1:
+            with torch.no_grad():
+                self.stage[-1].conv1.weight.fill_(float("nan"))
