@@ -10,12 +10,12 @@
 import logging
 
 import detectron2.utils.comm as comm
-from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.engine import default_argument_parser, default_setup, launch
 from detectron2.utils.logger import setup_logger
 
 from mgd_det.config import setup_cfg
 from mgd_det.engine import MGDTrainer, is_mgd
+from mgd_det.engine.checkpoint import MGDCheckpointer
 from mgd_det.modeling import build_teacher, build_teacher_cfg
 
 logger = logging.getLogger("mgd_det.train_net")
@@ -37,7 +37,8 @@ def main(args):
         return MGDTrainer.test(build_teacher_cfg(cfg), build_teacher(cfg))
     if args.eval_only:
         model = MGDTrainer.build_model(cfg)
-        DetectionCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        # MGD-aware: plain student checkpoints, strict all-or-nothing loading, clear errors.
+        MGDCheckpointer(model, save_dir=cfg.OUTPUT_DIR, teacher_weights=cfg.MGD.TEACHER.WEIGHTS).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         return MGDTrainer.test(cfg, model)
     trainer = MGDTrainer(cfg)
     trainer.resume_or_load(resume=args.resume)
