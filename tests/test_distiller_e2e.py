@@ -105,7 +105,9 @@ def test_teacher_frozen_in_eval_and_each_backbone_runs_once_per_step(tmp_path, w
     model.train()
     assert not model.teacher.training and model.student.training
     assert all(not p.requires_grad for p in model.teacher.parameters())
-    assert not any(n.startswith("teacher") or "._teacher" in n for n, _ in model.named_parameters())
+    # The teacher is not a registered sub-module: not in state_dict, parameters or DDP.
+    assert [k for k in model.state_dict() if "teacher" in k] == ["teacher_sha256"]
+    assert not any("teacher" in n for n, _ in model.named_parameters())
     before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
     calls = {"teacher": 0, "student": 0}
     model.teacher.backbone.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
