@@ -14,13 +14,29 @@ from mgd_det.matching.kd import hinton_kd_loss
 from mgd_det.matching.margins import margin_from_norm
 from mgd_det.matching.weighting import ConstantWeighting
 from mgd_det.modeling.feature_taps import FeatureTaps
-from mgd_det.modeling.teacher import build_teacher, file_sha256
+from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
 
 logger = logging.getLogger(__name__)
 
 
 def _digest_tensor(hex_digest: str) -> torch.Tensor:
     return torch.tensor(list(bytes.fromhex(hex_digest)), dtype=torch.uint8)
+
+
+def teacher_needs_channel_flip(student_format: str, teacher_format: str) -> bool:
+    """Whether the teacher needs the student's images with RGB<->BGR swapped.
+
+    The data loader decodes images in the *student's* INPUT.FORMAT; a teacher trained on
+    the other channel order (e.g. MSRA R-50 in BGR, torchvision R-18 in RGB) must see its own.
+    """
+    if student_format == teacher_format:
+        return False
+    if {student_format, teacher_format} == {"RGB", "BGR"}:
+        return True
+    raise ValueError(
+        f"Teacher INPUT.FORMAT {teacher_format!r} and student INPUT.FORMAT {student_format!r} "
+        "differ and only RGB<->BGR can be converted; train both on the same format."
+    )
 
 
 def build_student(cfg: CfgNode) -> nn.Module:
@@ -64,6 +80,9 @@ class MGDDistiller(nn.Module):
         for param in self._teacher.parameters():
             param.requires_grad_(False)
         self._teacher.eval()
+        self.flip_teacher_channels = teacher_needs_channel_flip(
+            cfg.INPUT.FORMAT, build_teacher_cfg(cfg).INPUT.FORMAT
+        )
         self.register_buffer("teacher_sha256", torch.zeros(32, dtype=torch.uint8))
         if load_teacher:
             self.teacher_sha256.copy_(_digest_tensor(file_sha256(cfg.MGD.TEACHER.WEIGHTS)))
@@ -153,6 +172,8 @@ class MGDDistiller(nn.Module):
         """Teacher backbone (+FPN) once, on the student's padded canvas, no grad."""
         teacher = self._teacher
         images = [teacher._move_to_current_device(x["image"]) for x in batched_inputs]
+        if self.flip_teacher_channels:
+            images = [x.flip(0) for x in images]
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
         div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
         images = ImageList.from_tensors(images, div)

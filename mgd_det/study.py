@@ -1,0 +1,135 @@
+"""Teacher → baseline student → MGD students on the bundled data, and their COCO table.
+
+Each run is a separate ``tools/train_net.py`` process (so runs never share state) whose
+output folder is reused when it already holds ``model_final.pth`` and evaluation results:
+a study can be interrupted and re-run, and a trained teacher is never trained twice.
+"""
+import json
+import logging
+import os
+import statistics
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from typing import Dict, List, Sequence
+
+logger = logging.getLogger(__name__)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = os.path.join(REPO, "configs", "mini_digits")
+METRICS = ("AP", "AP50", "AP75")
+
+# Students of a study: name -> config file (all share the R18 student and its schedule).
+STUDENTS = {
+    "baseline": "retinanet_R18_FPN.yaml",
+    "AMP": "mgd_retinanet_R50_R18_AMP.yaml",
+    "SM": "mgd_retinanet_R50_R18_SM.yaml",
+    "RD": "mgd_retinanet_R50_R18_RD.yaml",
+    "SP": "mgd_retinanet_R50_R18_SP.yaml",
+    "AMP_KD": "mgd_retinanet_R50_R18_AMP_KD.yaml",
+}
+TEACHER = "retinanet_R50_FPN.yaml"
+
+
+@dataclass
+class Schedule:
+    """Iterations and batch of one study mode; every student gets the same schedule."""
+
+    teacher_iters: int
+    student_iters: int
+    batch: int
+    opts: List[str] = field(default_factory=list)
+
+    def solver_opts(self, iters: int) -> List[str]:
+        steps = f"({int(iters * 2 / 3)}, {int(iters * 8 / 9)})"
+        warmup = min(100, iters // 4)
+        return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(warmup),
+                "SOLVER.IMS_PER_BATCH", str(self.batch)] + self.opts
+
+
+MODES = {
+    # About 15 minutes on 2 CPU cores: a short teacher, short students, half batches.
+    "quick": Schedule(teacher_iters=400, student_iters=300, batch=8),
+    # The recipes of the config files (teacher 800, students 600 iterations, batch 16).
+    "full": Schedule(teacher_iters=800, student_iters=600, batch=16),
+}
+
+
+def read_final_metrics(output_dir: str) -> Dict[str, float]:
+    """The last evaluation's bbox AP/AP50/AP75 from Detectron2's metrics.json."""
+    path = os.path.join(output_dir, "metrics.json")
+    if not os.path.isfile(path):
+        return {}
+    found = {}
+    with open(path) as f:
+        for line in f:
+            record = json.loads(line)
+            if "bbox/AP" in record:
+                found = {m: record[f"bbox/{m}"] for m in METRICS}
+    return found
+
+
+def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: str = "run.log") -> Dict[str, float]:
+    """Train + evaluate one config in a child process unless its results already exist."""
+    if os.path.isfile(os.path.join(output_dir, "model_final.pth")):
+        metrics = read_final_metrics(output_dir)
+        if metrics:
+            logger.info("Reusing %s (AP %.2f)", output_dir, metrics["AP"])
+            return metrics
+    os.makedirs(output_dir, exist_ok=True)
+    cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
+           "OUTPUT_DIR", output_dir, *opts]
+    logger.info("Running: %s", " ".join(cmd))
+    with open(os.path.join(output_dir, log_name), "w") as log:
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    if result.returncode != 0:
+        raise RuntimeError(f"Training failed ({config}); see {os.path.join(output_dir, log_name)}")
+    metrics = read_final_metrics(output_dir)
+    if not metrics:
+        raise RuntimeError(f"No evaluation results in {output_dir}/metrics.json")
+    return metrics
+
+
+def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
+    out = {}
+    for m in METRICS:
+        values = [r[m] for r in per_seed]
+        out[m] = statistics.mean(values)
+        out[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+    out["seeds"] = len(per_seed)
+    return out
+
+
+def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str) -> Dict[str, dict]:
+    """Train the teacher once, then every student for every seed; returns the summary."""
+    if mode not in MODES:
+        raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
+    unknown = [s for s in students if s not in STUDENTS]
+    if unknown:
+        raise ValueError(f"unknown students {unknown}; choose from {sorted(STUDENTS)}")
+    schedule = MODES[mode]
+    teacher_dir = os.path.join(out_root, "teacher_R50")
+    teacher = run_training(os.path.join(CONFIGS, TEACHER), teacher_dir,
+                           schedule.solver_opts(schedule.teacher_iters) + ["SEED", "0"])
+    teacher_weights = os.path.join(teacher_dir, "model_final.pth")
+    summary = {"teacher_R50": summarize([teacher])}
+    for student in students:
+        runs = []
+        for seed in seeds:
+            opts = schedule.solver_opts(schedule.student_iters) + ["SEED", str(seed)]
+            if student != "baseline":
+                opts += ["MGD.TEACHER.WEIGHTS", teacher_weights]
+            run_dir = os.path.join(out_root, f"student_R18_{student}_seed{seed}")
+            runs.append(run_training(os.path.join(CONFIGS, STUDENTS[student]), run_dir, opts))
+        summary[f"student_R18_{student}"] = summarize(runs)
+    with open(os.path.join(out_root, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2, sort_keys=True)
+    return summary
+
+
+def markdown_table(summary: Dict[str, dict]) -> str:
+    lines = ["| model | seeds | AP | AP50 | AP75 |", "|---|---|---|---|---|"]
+    for name, s in summary.items():
+        cells = [f"{s[m]:.2f} ± {s[m + '_std']:.2f}" if s["seeds"] > 1 else f"{s[m]:.2f}" for m in METRICS]
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

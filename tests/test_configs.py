@@ -1,0 +1,37 @@
+"""Every shipped config parses with the MGD keys; MGD configs resolve their teacher."""
+import glob
+import os
+
+import pytest
+
+from mgd_det.config import setup_cfg
+from mgd_det.modeling import build_teacher_cfg
+from mgd_det.modeling.meta_arch import teacher_needs_channel_flip
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIGS = sorted(
+    p for p in glob.glob(os.path.join(REPO, "configs", "**", "*.yaml"), recursive=True)
+    if not os.path.basename(p).startswith("Base-")
+)
+
+
+def test_configs_found():
+    assert len(CONFIGS) >= 20
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: os.path.relpath(p, REPO))
+def test_config_parses(path):
+    cfg = setup_cfg(path)
+    assert len(cfg.MGD.FACTORS) == len(cfg.MGD.POSITIONS)
+    if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+        teacher = build_teacher_cfg(cfg)
+        assert teacher.MODEL.META_ARCHITECTURE in ("RetinaNet", "GeneralizedRCNN")
+        assert teacher.MODEL.RESNETS.DEPTH >= cfg.MODEL.RESNETS.DEPTH
+        teacher_needs_channel_flip(cfg.INPUT.FORMAT, teacher.INPUT.FORMAT)
+
+
+def test_coco_pair_flips_channels_between_torchvision_student_and_msra_teacher():
+    cfg = setup_cfg(os.path.join(REPO, "configs", "COCO", "mgd_retinanet_R50_R18_AMP_1x.yaml"))
+    assert teacher_needs_channel_flip(cfg.INPUT.FORMAT, build_teacher_cfg(cfg).INPUT.FORMAT)
+    with pytest.raises(ValueError, match="only RGB<->BGR"):
+        teacher_needs_channel_flip("RGB", "YUV-BT.601")
