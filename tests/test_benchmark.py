@@ -17,6 +17,7 @@ from mgd_det.benchmark import (
     interleaved_times,
     load_assignment_npz,
     measure_solver,
+    profile_table,
     ratio_summary,
     save_assignment_npz,
     summarize,
@@ -109,6 +110,26 @@ def test_cli_writes_json_markdown_npz(quick_run):
     saved = load_assignment_npz(str(quick_run / "assignment.npz"))
     assert list(saved) == ["res2", "res3", "res4", "res5"]
     assert saved["res5"]["cost"].shape == (512, 512) and saved["res5"]["after"].shape == (512, 1)
+
+
+def test_cli_solver_on_saved_costs(quick_run, tmp_path):
+    npz = str(quick_run / "assignment.npz")
+    argv = ["--out-dir", str(tmp_path), "--config-file", CONFIG, "--only", "solver", "--solver-costs", npz, *FAST_OPTS]
+    results = tool("benchmark")["main"](argv)
+    assert results["solver_cost_source"].endswith(npz)
+    assert set(results["solver"]) == {"res2", "res3", "res4", "res5", "all"}
+    assert set(results["solver"]["res5"]["ortools_parts_seconds"]) == {"build", "solve"}
+
+
+def test_profile_table_labels_regions():
+    class Part:
+        def work(self, x):
+            return torch.ones(64, 64) @ torch.ones(64, 64) + x
+
+    part = Part()
+    table = profile_table(lambda: part.work(1), [(part, "work", "matmul part")])
+    assert "## matmul part:" in table and "aten::mm" in table
+    assert "work" not in part.__dict__  # the wrapper is removed again
 
 
 def test_cli_rejects_unknown_part(tmp_path):

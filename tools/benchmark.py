@@ -22,7 +22,13 @@ import sys
 import torch
 
 import mgd_det  # noqa: F401  (registers the data sets and MGDDistiller)
-from mgd_det.benchmark import markdown_report, measure_solver, measure_step_overhead, measure_update_cost
+from mgd_det.benchmark import (
+    load_assignment_npz,
+    markdown_report,
+    measure_solver,
+    measure_step_overhead,
+    measure_update_cost,
+)
 from mgd_det.benchmark.memory import measure_memory
 from mgd_det.benchmark.update import synthetic_costs
 from mgd_det.benchmark.workloads import DEFAULT_CONFIG, benchmark_cfg, build_models, environment, num_classes, synthetic_batch
@@ -56,9 +62,10 @@ def get_parser():
     parser.add_argument("--update-data", choices=["synthetic", "mini_digits"], help="override the update's images")
     parser.add_argument("--reps", type=int, help="override the step, update and solver repetitions")
     parser.add_argument("--warmup", type=int, help="override the warm-up repetitions")
+    parser.add_argument("--solver-costs", help="assignment.npz of an earlier run: solve its costs")
     parser.add_argument("--memory-reps", type=int, help="override the pairs of memory processes")
     parser.add_argument("--memory-steps", type=int, help="override the training steps per memory process")
-    parser.add_argument("--profile", action="store_true", help="also save a torch.profiler table of the MGD step")
+    parser.add_argument("--profile", action="store_true", help="also save torch.profiler tables of the MGD step and the update")
     parser.add_argument("opts", nargs=argparse.REMAINDER, default=[], help="config overrides KEY VALUE ...")
     return parser
 
@@ -122,10 +129,18 @@ def run(args):
         sets = update_batch_sets(cfg, plan, plan["update_reps"] + 1)
         update = measure_update_cost(mgd, sets, plan["update_reps"], min(plan["warmup"], 1), os.path.join(args.out_dir, "assignment.npz"))
         costs = update.pop("costs")
+        if args.profile:
+            from mgd_det.benchmark.update import profile_update
+
+            with open(os.path.join(args.out_dir, "profile_update.txt"), "w") as f:
+                f.write(profile_update(mgd, sets[0]))
         results["update"] = update
         del mgd
     if "solver" in only:
         results["solver_cost_source"] = "tracked in the update measurement" if costs else "synthetic"
+        if costs is None and args.solver_costs:
+            costs = {p: v["cost"] for p, v in load_assignment_npz(args.solver_costs).items()}
+            results["solver_cost_source"] = f"tracked, from {args.solver_costs}"
         results["solver"] = measure_solver(costs or synthetic_costs(), plan["solver_reps"])
     if "memory" in only:
         results["memory"] = [

@@ -28,12 +28,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def load_npz(path):
-    """{position: {"cost", "before", "after"}} (same format as mgd_det.benchmark)."""
-    with np.load(path) as data:
-        return {str(p): {k: data[f"{k}_{p}"] for k in ("cost", "before", "after")} for p in data["positions"]}
-
-
 def load_checkpoint_assignments(path):
     """{position: [Cs, G] array} from the ``distiller.assignment_<p>`` buffers of a checkpoint."""
     import torch
@@ -124,7 +118,9 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     if args.npz:
-        positions = load_npz(args.npz)
+        from mgd_det.benchmark.update import load_assignment_npz
+
+        positions = load_assignment_npz(args.npz)
         written.append(os.path.join(args.out_dir, "assignment_cost.png"))
         plot_costs(positions, written[-1])
         before = {p: v["before"] for p, v in positions.items()}

@@ -15,7 +15,7 @@ The modules are small and independent:
 ``tools/benchmark.py`` is the command line.
 """
 from mgd_det.benchmark.report import markdown_report
-from mgd_det.benchmark.stats import interleaved_times, ratio_summary, summarize
+from mgd_det.benchmark.stats import interleaved_times, profile_table, ratio_summary, summarize
 from mgd_det.benchmark.step import measure_step_overhead
 from mgd_det.benchmark.update import (
     load_assignment_npz,
@@ -31,6 +31,7 @@ __all__ = [
     "measure_solver",
     "measure_step_overhead",
     "measure_update_cost",
+    "profile_table",
     "ratio_summary",
     "save_assignment_npz",
     "summarize",

@@ -68,3 +68,41 @@ def ratio_summary(numerator: Sequence[float], denominator: Sequence[float]) -> D
     summary = summarize(ratios)
     summary["of_medians"] = statistics.median(numerator) / statistics.median(denominator)
     return summary
+
+
+def profile_table(run: Callable[[], None], regions: Sequence[tuple], row_limit: int = 30) -> str:
+    """torch.profiler table (by self CPU time) of ``run()``.
+
+    ``regions`` are (object, method name, label) triples: each method is wrapped in a named
+    profiler range for the duration, so the table shows the time of the parts (rows "## ...").
+    """
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    def labelled(fn, label):
+        def wrapped(*args, **kwargs):
+            with record_function(label):
+                return fn(*args, **kwargs)
+
+        return wrapped
+
+    originals = [(obj, attr, obj.__dict__.get(attr)) for obj, attr, _ in regions]
+    for obj, attr, label in regions:
+        setattr(obj, attr, labelled(getattr(obj, attr), f"## {label}"))
+    try:
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            run()
+    finally:
+        for obj, attr, original in originals:
+            if original is None:
+                delattr(obj, attr)
+            else:
+                setattr(obj, attr, original)
+    averages = prof.key_averages()
+    parts = [
+        f"{evt.key}: {evt.cpu_time_total / 1e3:.1f} ms total CPU over {evt.count} calls"
+        for evt in averages
+        if evt.key.startswith("## ")
+    ]
+    wall = sum(evt.self_cpu_time_total for evt in averages) / 1e3
+    header = [f"profiled: {wall:.1f} ms self CPU time in all ops", *parts, ""]
+    return "\n".join(header) + averages.table(sort_by="self_cpu_time_total", row_limit=row_limit)

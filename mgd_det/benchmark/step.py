@@ -5,7 +5,7 @@ from typing import Dict
 import torch
 from detectron2.config import CfgNode
 
-from mgd_det.benchmark.stats import interleaved_times, ratio_summary, summarize
+from mgd_det.benchmark.stats import interleaved_times, profile_table, ratio_summary, summarize
 from mgd_det.benchmark.workloads import (
     TrainStep,
     bare_backbone_forward,
@@ -68,34 +68,15 @@ def measure_step_overhead(
     }
 
 
-def profile_mgd_step(cfg: CfgNode, batch_size: int, image_size: int, steps: int = 3, row_limit: int = 30) -> str:
-    """torch.profiler table (self CPU time) of a few MGD steps, after one warm-up step."""
-    from torch.profiler import ProfilerActivity, profile, record_function
-
+def profile_mgd_step(cfg: CfgNode, batch_size: int, image_size: int, steps: int = 3) -> str:
+    """Profiler table of a few MGD steps (after one warm-up step), parts labelled."""
     mgd, _ = build_models(cfg)
     batch = synthetic_batch(batch_size, image_size, num_classes(cfg), torch.Generator().manual_seed(0))
     step = TrainStep(mgd, cfg)
     step(batch)
-    _label_regions(mgd, record_function)
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        for _ in range(steps):
-            with record_function("mgd_step"):
-                step(batch)
-    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=row_limit)
-
-
-def _label_regions(mgd, record_function) -> None:
-    """Wrap the wrapper's parts in named profiler ranges (teacher, student, distiller)."""
-
-    def wrap(obj, attr, label):
-        fn = getattr(obj, attr)
-
-        def wrapped(*args, **kwargs):
-            with record_function(label):
-                return fn(*args, **kwargs)
-
-        setattr(obj, attr, wrapped)
-
-    wrap(mgd, "teacher_features", "## teacher_features")
-    wrap(mgd.student, "forward", "## student_forward")
-    wrap(mgd.distiller, "forward", "## distiller_forward")
+    regions = [
+        (mgd, "teacher_features", "teacher_features"),
+        (mgd.student, "forward", "student_forward"),
+        (mgd.distiller, "forward", "distiller_forward"),
+    ]
+    return profile_table(lambda: [step(batch) for _ in range(steps)], regions)
