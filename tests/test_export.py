@@ -65,6 +65,12 @@ def mgd_run(tmp_path_factory, tiny_cfg):
     return cfg, trainer
 
 
+def _detections(folder):
+    with open(os.path.join(folder, "coco_instances_results.json")) as f:
+        dets = json.load(f)
+    return sorted((d["image_id"], d["category_id"], d["score"], *d["bbox"]) for d in dets)
+
+
 def run_export(*args):
     cmd = [sys.executable, os.path.join(REPO, "tools", "export_student.py"), *map(str, args)]
     return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
@@ -106,6 +112,12 @@ def test_export_loads_in_plain_detectron2_with_same_predictions_and_ap(mgd_run, 
     assert torch.equal(ours.pred_classes, plain["pred_classes"])
 
     # AP: our end-of-training evaluation vs stock DefaultTrainer.test on the exported file.
+    # (A barely trained student has AP near 0, so compare every scored detection as well.)
+    ours_dets = _detections(os.path.join(cfg.OUTPUT_DIR, "inference", VAL))
+    plain_dets = _detections(tmp_path / "plain_eval")
+    assert len(ours_dets) == len(plain_dets) > 0
+    for a, b in zip(ours_dets, plain_dets):
+        assert a[:2] == b[:2] and a[2:] == pytest.approx(b[2:], rel=1e-4, abs=1e-3)
     ours_ap, plain_ap = trainer._last_eval_results["bbox"], report["bbox"]
     for key in ("AP", "AP50", "AP75", "APs", "APm", "APl"):
         a, b = ours_ap[key], plain_ap[key]
