@@ -1,9 +1,5 @@
-"""Helpers shared by the end-to-end tests: tiny configs, teacher checkpoints, training."""
+"""Helpers shared by the end-to-end tests: tiny configs and training with evaluation."""
 import os
-
-import torch
-from detectron2.checkpoint import DetectionCheckpointer
-from detectron2.modeling import build_model
 
 from mgd_det.config import setup_cfg
 from mgd_det.engine import MGDTrainer
@@ -33,15 +29,6 @@ def tiny_cfg(config_name: str, output_dir, *opts, freeze=True):
     if freeze:
         cfg.freeze()
     return cfg
-
-
-def save_plain_weights(config_name: str, out_dir, seed: int = 0) -> str:
-    """A freshly initialised plain detector's checkpoint (stands in for a trained teacher)."""
-    torch.manual_seed(seed)
-    cfg = tiny_cfg(config_name, out_dir)
-    model = build_model(cfg)
-    DetectionCheckpointer(model, save_dir=str(out_dir)).save("weights")
-    return os.path.join(str(out_dir), "weights.pth")
 
 
 def train(cfg):

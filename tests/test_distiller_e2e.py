@@ -8,28 +8,21 @@ from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from _tiny import MINI, save_plain_weights, tiny_cfg, train
+from _tiny import MINI, tiny_cfg, train
 from mgd_det.modeling import IncompatibleWeightsError, MGDDistiller
 
 MGD_RETINA = "mgd_retinanet_R50_R18_AMP.yaml"
 
 
 @pytest.fixture(autouse=True)
-def tiny_root(tmp_path_factory, monkeypatch):
-    monkeypatch.setenv("MGD_DATASETS", str(tmp_path_factory.getbasetemp() / "datasets"))
+def _tiny_data(tiny_datasets):
+    return tiny_datasets
 
 
-@pytest.fixture(scope="module")
-def weights(tmp_path_factory):
-    """Plain detector checkpoints used as teachers, built once per module."""
-    cache = {}
-
-    def get(config_name):
-        if config_name not in cache:
-            cache[config_name] = save_plain_weights(config_name, tmp_path_factory.mktemp("w"))
-        return cache[config_name]
-
-    return get
+@pytest.fixture
+def weights(tiny_teacher_weights):
+    """Plain detector checkpoints (fixed seed) standing in for trained teachers."""
+    return tiny_teacher_weights
 
 
 def mgd_cfg(tmp_path, weights, config_name=MGD_RETINA, teacher="retinanet_R50_FPN.yaml", *opts):

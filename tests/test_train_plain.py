@@ -10,10 +10,8 @@ from mgd_det.config import setup_cfg
 
 
 @pytest.fixture(autouse=True)
-def tiny_root(tmp_path_factory, monkeypatch):
-    root = tmp_path_factory.getbasetemp() / "datasets"
-    monkeypatch.setenv("MGD_DATASETS", str(root))
-    return root
+def _tiny_data(tiny_datasets):
+    return tiny_datasets
 
 
 def _assert_coco_metrics(results, task):
