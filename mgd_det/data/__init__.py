@@ -1,0 +1,25 @@
+"""Data sets: the bundled mini digits set and COCO-format registration.
+
+Importing this package registers the mini digits sets in Detectron2's catalogs.
+"""
+
+from .datasets import (
+    dataset_root,
+    ensure_dataset_ready,
+    ensure_generated,
+    register_coco_dataset,
+    register_mini_digits,
+)
+from .mini_digits import DEFAULT_SPECS, generate_mini_digits
+
+register_mini_digits()
+
+__all__ = [
+    "DEFAULT_SPECS",
+    "dataset_root",
+    "ensure_dataset_ready",
+    "ensure_generated",
+    "generate_mini_digits",
+    "register_coco_dataset",
+    "register_mini_digits",
+]
