@@ -70,18 +70,23 @@ def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _required_file(path: str, key: str, what: str, how_to_set: str) -> str:
+    """``path`` if it names an existing file, else a clear error about config ``key``."""
+    if not path:
+        raise ValueError(f"{key} is empty: {how_to_set}")
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} not found: {path} ({key})")
+    return path
+
+
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's plain Detectron2 config, from MGD.TEACHER.CONFIG_FILE and OVERRIDES."""
     from mgd_det.config import get_mgd_cfg
 
-    config_file = cfg.MGD.TEACHER.CONFIG_FILE
-    if not config_file:
-        raise ValueError(
-            "MGD.TEACHER.CONFIG_FILE is empty: set it to the teacher's Detectron2 config "
-            "(e.g. configs/mini_digits/retinanet_R50_FPN.yaml)."
-        )
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Teacher config file not found: {config_file} (MGD.TEACHER.CONFIG_FILE)")
+    config_file = _required_file(
+        cfg.MGD.TEACHER.CONFIG_FILE, "MGD.TEACHER.CONFIG_FILE", "Teacher config file",
+        "set it to the teacher's Detectron2 config (e.g. configs/mini_digits/retinanet_R50_FPN.yaml).",
+    )
     teacher_cfg = get_mgd_cfg()
     teacher_cfg.merge_from_file(config_file)
     teacher_cfg.merge_from_list(list(cfg.MGD.TEACHER.OVERRIDES))
@@ -97,14 +102,11 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True) -> nn.Module:
     """The teacher detector, weights loaded strictly, frozen and in eval mode."""
     teacher = build_model(build_teacher_cfg(cfg))
     if load_weights:
-        weights = cfg.MGD.TEACHER.WEIGHTS
-        if not weights:
-            raise ValueError(
-                "MGD.TEACHER.WEIGHTS is empty: the teacher must be a trained detector. Train it "
-                "with tools/train_net.py on its plain config and point this key at model_final.pth."
-            )
-        if not os.path.isfile(weights):
-            raise FileNotFoundError(f"Teacher weights not found: {weights} (MGD.TEACHER.WEIGHTS)")
+        weights = _required_file(
+            cfg.MGD.TEACHER.WEIGHTS, "MGD.TEACHER.WEIGHTS", "Teacher weights",
+            "the teacher must be a trained detector. Train it with tools/train_net.py on its "
+            "plain config and point this key at model_final.pth.",
+        )
         StrictCheckpointer(teacher, "Teacher", cfg.MGD.TEACHER.ALLOW_PARTIAL_LOAD).load(weights)
         logger.info("Loaded teacher weights from %s", weights)
     for param in teacher.parameters():
