@@ -214,3 +214,16 @@ class _PoisonAfterFirstStep(HookBase):
         if self.trainer.iter == 1:
             with torch.no_grad():
                 self.stage[-1].conv1.weight.fill_(float("nan"))
+
+
+def test_unlabeled_batch_gives_distillation_losses_only(tmp_path, weights):
+    """Ground truth is optional: label-free distillation trains the student backbone."""
+    cfg = mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.KD.ENABLED", "True")
+    model = build_model(cfg).train()
+    unlabeled = [{k: v for k, v in x.items() if k != "instances"} for x in fixed_batch(cfg)]
+    losses = model(unlabeled)
+    assert sorted(losses) == ["loss_kd"] + [f"loss_mgd_res{i}" for i in range(2, 6)]
+    sum(losses.values()).backward()
+    assert model.student.backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
+    assert model.student.head.cls_score.weight.grad.abs().sum() > 0  # through the KD loss
+    assert model.student.head.bbox_pred.weight.grad is None

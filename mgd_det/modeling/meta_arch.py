@@ -208,8 +208,15 @@ class MGDDistiller(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs):
+        """Eval: the student's predictions. Training: detection + distillation losses.
+
+        Ground truth is optional: a training batch without ``instances`` (unlabeled images)
+        runs the student's backbone (and, with output KD, its head) only and returns the
+        distillation losses alone.
+        """
         if not self.training:
             return self.student(batched_inputs)
+        labeled = all("instances" in x for x in batched_inputs)
         teacher_feats = self.teacher_features(batched_inputs)
         teacher_logits = teacher_feats.pop("_head_logits", None)
         student_logits = []
@@ -218,7 +225,7 @@ class MGDDistiller(nn.Module):
             hook = self.student.head.register_forward_hook(lambda m, i, o: student_logits.extend(o[0]))
         try:
             with self.student_taps.capture() as student_feats:
-                losses = self.student(batched_inputs)
+                losses = self.student(batched_inputs) if labeled else self._student_features_only(batched_inputs)
         finally:
             if hook is not None:
                 hook.remove()
@@ -234,6 +241,14 @@ class MGDDistiller(nn.Module):
                 for s, t in zip(student_logits, teacher_logits)
             ) / len(student_logits)
         return losses
+
+    def _student_features_only(self, batched_inputs) -> Dict[str, torch.Tensor]:
+        """Label-free step: the student's backbone, plus its dense head if KD needs logits."""
+        images = self.student.preprocess_image(batched_inputs)
+        features = self.student.backbone(images.tensor)
+        if self.kd_weight:
+            self.student.head([features[f] for f in self.student.head_in_features])
+        return {}
 
     @staticmethod
     def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:
