@@ -5,11 +5,13 @@ assignment once; then it re-solves every period (one epoch by default). An updat
 batches of the *training* set with both nets in eval mode and no grad, then solves one
 assignment problem per position (one rank solves, the others receive the answer).
 """
+import contextlib
 import logging
 import math
 import time
 from typing import Iterable, List
 
+import numpy as np
 import torch
 from detectron2.data import DatasetCatalog, DatasetFromList, DatasetMapper, MapDataset
 from detectron2.engine import HookBase
@@ -47,12 +49,23 @@ class UpdateSchedule:
         return completed_iters % self.period == 0
 
 
+@contextlib.contextmanager
+def preserved_numpy_rng():
+    """Restore numpy's global RNG afterwards: Detectron2's resize transforms draw from it
+    even at test time, and the training augmentations share that stream."""
+    state = np.random.get_state()
+    try:
+        yield
+    finally:
+        np.random.set_state(state)
+
+
 class TrackingBatches:
     """K batches of training images for one update, without touching the training stream.
 
-    Uses the test-time mapper (no random augmentation, no global RNG draws) and its own
-    seeded generator, so tracking never changes what the training loader yields — needed
-    for exact resume. Each rank takes a disjoint share of the chosen images.
+    Uses the test-time mapper (no random augmentation) with numpy's global RNG preserved,
+    and its own seeded generator, so tracking never changes what the training loader
+    yields. Each rank takes a disjoint share of the chosen images.
     """
 
     def __init__(self, cfg, seed: int):
@@ -69,7 +82,9 @@ class TrackingBatches:
         order = order.repeat(math.ceil(total / len(order)))[:total]
         mine = order[rank::world].tolist()
         for start in range(0, len(mine), self.batch_size):
-            yield [self.dataset[i] for i in mine[start : start + self.batch_size]]
+            with preserved_numpy_rng():
+                batch = [self.dataset[i] for i in mine[start : start + self.batch_size]]
+            yield batch
 
 
 class MGDAssignmentHook(HookBase):
