@@ -11,7 +11,7 @@ import statistics
 import subprocess
 import sys
 from dataclasses import dataclass, field
-from typing import Dict, List, Sequence
+from typing import Dict, List, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
@@ -33,14 +33,19 @@ TEACHER = "retinanet_R50_FPN.yaml"
 
 @dataclass
 class Schedule:
-    """Iterations and batch of one study mode; every student gets the same schedule."""
+    """Iterations and batch of one study mode; every student gets the same schedule.
 
-    teacher_iters: int
-    student_iters: int
-    batch: int
+    ``None`` keeps the config files' own recipe.
+    """
+
+    teacher_iters: Optional[int] = None
+    student_iters: Optional[int] = None
+    batch: Optional[int] = None
     opts: List[str] = field(default_factory=list)
 
-    def solver_opts(self, iters: int) -> List[str]:
+    def solver_opts(self, iters: Optional[int]) -> List[str]:
+        if iters is None:
+            return list(self.opts)
         steps = f"({int(iters * 2 / 3)}, {int(iters * 8 / 9)})"
         warmup = min(100, iters // 4)
         return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(warmup),
@@ -51,7 +56,7 @@ MODES = {
     # About 15 minutes on 2 CPU cores: a short teacher, short students, half batches.
     "quick": Schedule(teacher_iters=400, student_iters=300, batch=8),
     # The recipes of the config files (teacher 800, students 600 iterations, batch 16).
-    "full": Schedule(teacher_iters=800, student_iters=600, batch=16),
+    "full": Schedule(),
 }
 
 

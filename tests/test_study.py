@@ -1,0 +1,51 @@
+"""The main-job runner: metrics parsing, reuse of finished runs, tables, errors."""
+import json
+
+import pytest
+
+from mgd_det.study import MODES, markdown_table, read_final_metrics, run_study, run_training, summarize
+
+
+def _write_run(folder, ap):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_final.pth").write_bytes(b"x")
+    records = [{"iteration": 9, "total_loss": 1.0}, {"iteration": 19, "bbox/AP": ap, "bbox/AP50": ap + 20, "bbox/AP75": ap - 5}]
+    (folder / "metrics.json").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+
+
+def test_reads_last_evaluation_and_reuses_finished_runs(tmp_path):
+    _write_run(tmp_path / "run", 40.0)
+    assert read_final_metrics(str(tmp_path / "run")) == {"AP": 40.0, "AP50": 60.0, "AP75": 35.0}
+    # A finished run is reused: the (nonexistent) config is never trained.
+    assert run_training("no_such_config.yaml", str(tmp_path / "run"), [])["AP"] == 40.0
+
+
+def test_failed_training_names_its_log(tmp_path):
+    with pytest.raises(RuntimeError, match="run.log"):
+        run_training(str(tmp_path / "missing.yaml"), str(tmp_path / "out"), [])
+    assert "Config file not found" in (tmp_path / "out" / "run.log").read_text()
+
+
+def test_summary_mean_std_and_table():
+    s = summarize([{"AP": 40.0, "AP50": 60.0, "AP75": 30.0}, {"AP": 42.0, "AP50": 62.0, "AP75": 34.0}])
+    assert s["AP"] == 41.0 and s["seeds"] == 2 and abs(s["AP_std"] - 1.41421356) < 1e-6
+    table = markdown_table({"student_R18_AMP": s})
+    assert "| student_R18_AMP | 2 | 41.00 ± 1.41 | 61.00 ± 1.41 | 32.00 ± 2.83 |" in table
+
+
+def test_study_reuses_teacher_and_students(tmp_path):
+    _write_run(tmp_path / "teacher_R50", 60.0)
+    for name, ap in (("baseline", 50.0), ("AMP", 52.0)):
+        for seed in (0, 1):
+            _write_run(tmp_path / f"student_R18_{name}_seed{seed}", ap + seed)
+    summary = run_study("quick", ["baseline", "AMP"], [0, 1], str(tmp_path))
+    assert summary["student_R18_AMP"]["AP"] == 52.5 and summary["teacher_R50"]["AP"] == 60.0
+    assert json.loads((tmp_path / "summary.json").read_text())["student_R18_baseline"]["AP"] == 50.5
+
+
+def test_bad_study_arguments():
+    with pytest.raises(ValueError, match="unknown mode"):
+        run_study("medium", ["AMP"], [0], "/tmp/unused")
+    with pytest.raises(ValueError, match="unknown students"):
+        run_study("quick", ["XYZ"], [0], "/tmp/unused")
+    assert MODES["full"].solver_opts(None) == [] and "SOLVER.MAX_ITER" in MODES["quick"].solver_opts(300)
