@@ -12,7 +12,8 @@ Inputs (either or both):
   training run (checkpoints hold no costs: only the change picture is drawn).
 
 Writes into ``--out-dir``: ``assignment_cost.png`` (npz only: one heat map per position,
-student channels down, teacher channels across, the chosen pairs as dots) and
+student channels down, teacher channels across, ordered so that the chosen pairs,
+drawn as dots, form the diagonal) and
 ``assignment_change.png`` (per position: pairs kept, dropped and added).
 
     python tools/plot_assignment.py --npz output/benchmark_full/assignment.npz --out-dir docs/img
@@ -60,17 +61,32 @@ def _dot_size(num_pairs):
     return max(0.5, min(12.0, 4000.0 / num_pairs))
 
 
-def plot_costs(positions, out_path):
-    """Heat map of every position's cost with the chosen (after) assignment as dots."""
+def teacher_order(assignment, num_teacher):
+    """Teacher columns sorted by the student channel they serve (unassigned ones last)."""
+    owner = np.full(num_teacher, assignment.shape[0])
+    for student, teachers in enumerate(assignment):
+        owner[teachers] = student
+    return np.argsort(owner, kind="stable")
+
+
+def plot_costs(positions, out_path, raw_order=False):
+    """Heat map of every position's cost with the chosen (after) assignment as dots.
+
+    Teacher columns are reordered by the student they are assigned to, so the chosen pairs
+    lie on the diagonal (``raw_order`` keeps the channel indices instead).
+    """
     fig, axes = _grid(len(positions))
     for ax, (name, item) in zip(axes, positions.items()):
         cost, after = item["cost"], np.asarray(item["after"])
-        image = ax.imshow(cost, aspect="auto", cmap="viridis", interpolation="nearest")
+        order = np.arange(cost.shape[1]) if raw_order else teacher_order(after, cost.shape[1])
+        column_of = np.empty_like(order)
+        column_of[order] = np.arange(order.size)
+        image = ax.imshow(cost[:, order], aspect="auto", cmap="viridis", interpolation="nearest")
         students = np.repeat(np.arange(after.shape[0]), after.shape[1])
-        ax.scatter(after.ravel(), students, s=_dot_size(after.size), c="red", marker="o", linewidths=0)
+        ax.scatter(column_of[after.ravel()], students, s=_dot_size(after.size), c="red", marker="o", linewidths=0)
         matched = np.take_along_axis(cost, after, axis=1).mean()
         ax.set_title(f"{name}: {cost.shape[0]}×{cost.shape[1]}, matched cost {matched:.3f} (mean {cost.mean():.3f})")
-        ax.set_xlabel("teacher channel")
+        ax.set_xlabel("teacher channel" + ("" if raw_order else " (ordered by assigned student)"))
         ax.set_ylabel("student channel")
         fig.colorbar(image, ax=ax, label="2 − 2·cos")
     fig.suptitle("MGD matching cost and the chosen assignment (red)")
@@ -111,6 +127,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--npz", help="costs and assignments saved by tools/benchmark.py")
     parser.add_argument("--checkpoints", nargs=2, metavar=("OLD", "NEW"), help="two MGD checkpoints")
+    parser.add_argument("--raw-order", action="store_true", help="cost columns in channel order")
     parser.add_argument("--out-dir", required=True)
     args = parser.parse_args(argv)
     if not args.npz and not args.checkpoints:
@@ -122,7 +139,7 @@ def main(argv=None):
 
         positions = load_assignment_npz(args.npz)
         written.append(os.path.join(args.out_dir, "assignment_cost.png"))
-        plot_costs(positions, written[-1])
+        plot_costs(positions, written[-1], args.raw_order)
         before = {p: v["before"] for p, v in positions.items()}
         after = {p: v["after"] for p, v in positions.items()}
         titles = ("previous update", "last update")
