@@ -1,5 +1,6 @@
 """End-to-end MGD distillation with real Detectron2 models on the tiny mini digits split."""
 import math
+import os
 
 import pytest
 import torch
@@ -8,7 +9,8 @@ from detectron2.engine import HookBase
 from detectron2.modeling import build_model
 from detectron2.utils.events import EventStorage
 
-from _tiny import MINI, tiny_cfg, train
+import _tiny
+from _tiny import MINI, REPO, tiny_cfg, train
 from mgd_det.modeling import IncompatibleWeightsError, MGDDistiller
 
 MGD_RETINA = "mgd_retinanet_R50_R18_AMP.yaml"
@@ -227,3 +229,23 @@ def test_unlabeled_batch_gives_distillation_losses_only(tmp_path, weights):
     assert model.student.backbone.bottom_up.stem.conv1.weight.grad.abs().sum() > 0
     assert model.student.head.cls_score.weight.grad.abs().sum() > 0  # through the KD loss
     assert model.student.head.bbox_pred.weight.grad is None
+
+
+def _train_net():
+    import runpy
+
+    return runpy.run_path(os.path.join(REPO, "tools", "train_net.py"), run_name="train_net")
+
+
+def test_train_net_eval_teacher_and_eval_only_student(tmp_path, weights):
+    """tools/train_net.py: --eval-teacher evaluates the teacher alone; --eval-only the student."""
+    tool = _train_net()
+    base = ["--config-file", os.path.join(MINI, MGD_RETINA)] + _tiny.TINY_OPTS + [
+        "OUTPUT_DIR", str(tmp_path), "MGD.TEACHER.WEIGHTS", weights("retinanet_R50_FPN.yaml"),
+        "MGD.TEACHER.OVERRIDES", "['MODEL.RETINANET.SCORE_THRESH_TEST', '0.0']"]
+    teacher_results = tool["main"](tool["parse_args"](base[:2] + ["--eval-teacher"] + base[2:]))
+    assert math.isfinite(teacher_results["bbox"]["AP"])
+    trainer, trained = train(mgd_cfg(tmp_path, weights))
+    student_results = tool["main"](tool["parse_args"](
+        base[:2] + ["--eval-only"] + base[2:] + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]))
+    assert student_results["bbox"] == pytest.approx(trained["bbox"], nan_ok=True)

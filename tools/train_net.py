@@ -8,6 +8,7 @@
     python tools/train_net.py --config-file CFG --num-gpus 8          # multi-GPU via launch()
 """
 import logging
+import os
 
 import detectron2.utils.comm as comm
 from detectron2.engine import default_argument_parser, default_setup, launch
@@ -29,12 +30,24 @@ def setup(args):
     return cfg
 
 
+def teacher_eval_cfg(cfg):
+    """The teacher's config, evaluated on the MGD config's test sets and test sizes."""
+    teacher_cfg = build_teacher_cfg(cfg).clone()
+    teacher_cfg.defrost()
+    teacher_cfg.DATASETS.TEST = cfg.DATASETS.TEST
+    teacher_cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MIN_SIZE_TEST
+    teacher_cfg.INPUT.MAX_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST
+    teacher_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
+    teacher_cfg.freeze()
+    return teacher_cfg
+
+
 def main(args):
     cfg = setup(args)
     if args.eval_teacher:
         if not is_mgd(cfg):
             raise ValueError("--eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE: MGDDistiller).")
-        return MGDTrainer.test(build_teacher_cfg(cfg), build_teacher(cfg))
+        return MGDTrainer.test(teacher_eval_cfg(cfg), build_teacher(cfg))
     if args.eval_only:
         model = MGDTrainer.build_model(cfg)
         # MGD-aware: plain student checkpoints, strict all-or-nothing loading, clear errors.
