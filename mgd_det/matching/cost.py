@@ -66,10 +66,8 @@ class ChannelCostTracker(nn.Module):
             self.num_teacher_channels,
             self.name,
         )
-        # The tracker only runs in the no-grad tracking pass, where a host sync per batch is
-        # acceptable; the training forward never calls this check.
-        check_finite(student_feat, f"{self.name}: student features")
-        check_finite(teacher_feat, f"{self.name}: teacher features")
+        # No finiteness check per batch (it would read back every feature map): a NaN/Inf
+        # anywhere propagates into cost_sum, which mean_cost() checks once per solve.
         s = self._unit_channels(student_feat).to(self.cost_sum.device)
         t = self._unit_channels(teacher_feat).to(self.cost_sum.device)
         num = student_feat.shape[0]
@@ -91,4 +89,8 @@ class ChannelCostTracker(nn.Module):
         """The mean cost per image, [Cs, Ct]. Raises RuntimeError if nothing was tracked."""
         if not bool(self.num_images > 0):  # host read: called once per solve, not per step
             raise RuntimeError(f"{self.name}: no images were tracked since the last reset")
+        check_finite(
+            self.cost_sum,
+            f"{self.name}: matching cost (NaN/Inf in the tracked student or teacher features)",
+        )
         return self.cost_sum / self.num_images

@@ -254,9 +254,12 @@ class MatchingDistiller(nn.Module):
         world = distributed_world_size()
         solving = world == 1 or torch.distributed.get_rank() == 0
         stats = {}
+        # All statistics are checked (tracked images, finiteness) before any assignment
+        # changes, so a failed update leaves every position as it was.
+        mean_costs = {name: self.trackers[name].mean_cost() for name in self.positions}
         for name, spec in self.positions.items():
             buffer = self.assignment(name)
-            mean_cost = self.trackers[name].mean_cost()
+            mean_cost = mean_costs[name]
             seconds = 0.0
             if solving:
                 start = time.perf_counter()
