@@ -38,7 +38,7 @@ logger = logging.getLogger("mgd_det.benchmark")
 PARTS = ("step", "update", "solver", "memory")
 # Issue 6 settings (full) and a few-minute version of them (quick).
 MODES = {
-    "quick": dict(settings=[(2, 128)], reps=3, warmup=1, update_batches=(2, 2, 128), update_data="synthetic",
+    "quick": dict(settings=[(2, 128)], reps=3, warmup=2, update_batches=(2, 2, 128), update_data="synthetic",
                   update_reps=2, solver_reps=1, memory_steps=2, memory_reps=1),
     "full": dict(settings=[(4, 256), (2, 512)], reps=10, warmup=2, update_batches=None, update_data="mini_digits",
                  update_reps=5, solver_reps=5, memory_steps=3, memory_reps=2),
