@@ -55,11 +55,22 @@ CASES = [
 
 @pytest.mark.parametrize("cs,ct,sparse,share,groups,capacity", CASES)
 @pytest.mark.parametrize("seed", [0, 1])
-def test_optimal_and_valid(cs, ct, sparse, share, groups, capacity, seed):
+@pytest.mark.parametrize("backend", ["scipy", "flow"])
+def test_optimal_and_valid(cs, ct, sparse, share, groups, capacity, seed, backend):
     cost = np.random.default_rng(seed).uniform(0, 4, size=(cs, ct))
-    assignment = solve_assignment(cost, sparse=sparse, allow_sharing=share)
+    assignment = solve_assignment(cost, sparse=sparse, allow_sharing=share, backend=backend)
     check_valid(assignment, cs, ct, groups, capacity)
-    assert total(cost, assignment) == pytest.approx(brute_force(cost, groups, capacity), abs=1e-9)
+    # The flow backend rounds costs to 1e-8 (module docstring): optimal within Cs * G * 5e-9.
+    assert total(cost, assignment) == pytest.approx(brute_force(cost, groups, capacity), abs=1e-7)
+
+
+def test_flow_and_scipy_agree_on_r50_to_r18_sized_problem():
+    cost = np.random.default_rng(0).uniform(0, 4, size=(64, 256))
+    flow, stacked = (solve_assignment(cost, backend=b) for b in ("flow", "scipy"))
+    check_valid(flow, 64, 256, 4)
+    assert total(cost, flow) == pytest.approx(total(cost, stacked), abs=1e-5)
+    with pytest.raises(ValueError, match="unknown assignment backend"):
+        solve_assignment(cost, backend="magic")
 
 
 def test_drops_worst_matching_not_highest_indexed():
