@@ -46,6 +46,9 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.ALLOW_CHANNEL_SHARING = False
     # Global multiplier of all distillation losses (0 disables them, keeping the wrapper).
     cfg.MGD.LOSS_WEIGHT = 1.0
+    # Loss weighting per pathway, by name in mgd_det.modeling.weighting's registry
+    # ("constant": LOSS_WEIGHT everywhere; learned weightings register themselves there).
+    cfg.MGD.WEIGHTING = "constant"
 
     cfg.MGD.UPDATE = CN()
     # Iterations between assignment updates; 0 means one epoch

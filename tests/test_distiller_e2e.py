@@ -249,3 +249,18 @@ def test_train_net_eval_teacher_and_eval_only_student(tmp_path, weights):
     student_results = tool["main"](tool["parse_args"](
         base[:2] + ["--eval-only"] + base[2:] + ["MODEL.WEIGHTS", str(tmp_path / "model_final.pth")]))
     assert student_results["bbox"] == pytest.approx(trained["bbox"], nan_ok=True)
+
+
+def test_loss_weighting_is_pluggable(tmp_path, weights):
+    from mgd_det.matching.weighting import ConstantWeighting
+    from mgd_det.modeling import LOSS_WEIGHTING_REGISTRY
+
+    @LOSS_WEIGHTING_REGISTRY.register()
+    def only_res5(cfg, positions):
+        return ConstantWeighting({p: 1.0 if p == "res5" else 0.0 for p in positions})
+
+    cfg = mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.WEIGHTING", "only_res5")
+    losses = mgd_losses(build_model(cfg).train()(fixed_batch(cfg)))
+    assert float(losses["loss_mgd_res2"]) == 0.0 and float(losses["loss_mgd_res5"]) > 0.0
+    with pytest.raises(ValueError, match="Unknown MGD.WEIGHTING 'nope'"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.WEIGHTING", "nope"))

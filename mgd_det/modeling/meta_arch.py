@@ -12,9 +12,9 @@ from torch import nn
 from mgd_det.matching.distiller import MatchingDistiller, PositionSpec
 from mgd_det.matching.kd import hinton_kd_loss
 from mgd_det.matching.margins import margin_from_norm
-from mgd_det.matching.weighting import ConstantWeighting
 from mgd_det.modeling.feature_taps import FeatureTaps
 from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
+from mgd_det.modeling.weighting import build_loss_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ class MGDDistiller(nn.Module):
             specs,
             reducer=cfg.MGD.REDUCER,
             student_norm=cfg.MGD.STUDENT_NORM,
-            weighting=ConstantWeighting({p: cfg.MGD.LOSS_WEIGHT for p in positions}),
+            weighting=build_loss_weighting(cfg, positions),
             num_groups=cfg.MGD.NORM_GROUPS,
             allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING,
         ).to(self.student.device)
