@@ -148,6 +148,17 @@ def test_teacher_weights_of_another_architecture(tmp_path, weights):
         build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.TEACHER.WEIGHTS", r18))
 
 
+def test_partial_teacher_load_only_with_the_explicit_switch(tmp_path, weights, caplog):
+    r34 = weights("retinanet_R34_FPN.yaml")  # same layer names as R18 plus extra blocks
+    teacher18 = "retinanet_R18_FPN.yaml"
+    with pytest.raises(IncompatibleWeightsError, match="unexpected keys"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, teacher18, "MGD.TEACHER.WEIGHTS", r34))
+    with caplog.at_level("WARNING", logger="mgd_det.modeling.teacher"):
+        build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, teacher18, "MGD.TEACHER.WEIGHTS", r34,
+                            "MGD.TEACHER.ALLOW_PARTIAL_LOAD", "True"))
+    assert any("PARTIAL LOAD" in r.getMessage() for r in caplog.records)
+
+
 def test_position_that_does_not_exist(tmp_path, weights):
     with pytest.raises(ValueError, match=r"position\(s\) \['p2'\] do not exist"):
         build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml",
