@@ -89,3 +89,14 @@ def test_missing_user_dataset_is_a_clear_error(tmp_path):
         ensure_dataset_ready("user_set_without_files")
     with pytest.raises(KeyError, match="not registered"):
         ensure_dataset_ready("no_such_dataset")
+
+
+def test_root_is_resolved_at_load_time_two_roots_in_one_process(tmp_path, monkeypatch):
+    for sub in ("one", "two"):
+        root = str(tmp_path / sub)
+        monkeypatch.setenv("MGD_DATASETS", root)
+        dicts = DatasetCatalog.get("mini_digits_tiny_val")
+        meta = MetadataCatalog.get("mini_digits_tiny_val")
+        assert all(d["file_name"].startswith(root) for d in dicts)
+        assert meta.json_file.startswith(root) and meta.image_root.startswith(root)
+        assert meta.evaluator_type == "coco"
