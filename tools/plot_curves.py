@@ -74,12 +74,15 @@ def plot_curves(paths, out_path, losses=None, metrics=None, log_losses=True):
     fig, axes = plt.subplots(rows, cols, figsize=(4.5 * cols, 3.2 * rows), squeeze=False)
     for ax in axes.flat[len(keys):]:
         ax.axis("off")
+    # One colour per run in every panel, also where some runs lack the key (loss_mgd_*).
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for ax, key in zip(axes.flat, keys):
-        for label, run in zip(run_labels(paths), runs):
+        for index, (label, run) in enumerate(zip(run_labels(paths), runs)):
             points = run.get(key)
             if points:
                 x, y = zip(*points)
-                ax.plot(x, y, label=label, marker="o" if len(points) < 20 else None, markersize=3)
+                ax.plot(x, y, label=label, color=colors[index % len(colors)],
+                        marker="o" if len(points) < 20 else None, markersize=3)
         ax.set_title(key)
         ax.set_xlabel("iteration")
         if log_losses and "loss" in key and all(v > 0 for r in runs for _, v in r.get(key, [])):
