@@ -275,3 +275,15 @@ def test_loss_weighting_is_pluggable(tmp_path, weights):
     assert float(losses["loss_mgd_res2"]) == 0.0 and float(losses["loss_mgd_res5"]) > 0.0
     with pytest.raises(ValueError, match="Unknown MGD.WEIGHTING 'nope'"):
         build_model(mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.WEIGHTING", "nope"))
+
+
+def test_teacher_padding_is_cropped_but_a_stride_mismatch_is_not():
+    """A teacher needing a coarser canvas (e.g. RetinaNet's 128 vs an R-CNN student's 32)
+    sees extra bottom/right padding; only that explained difference is cropped away."""
+    student = {"res5": torch.zeros(1, 4, 6, 6), "res4": torch.zeros(1, 4, 12, 12)}
+    teacher = {"res5": torch.arange(64.0).view(1, 1, 8, 8).repeat(1, 8, 1, 1),
+               "res4": torch.zeros(1, 8, 32, 32),  # stride 8 where the student has 16
+               "_canvas": ((256, 256), (192, 192))}
+    cropped = MGDDistiller._crop_to_student(teacher, student)
+    assert cropped["res5"].shape[-2:] == (6, 6) and torch.equal(cropped["res5"][0, 0], torch.arange(64.0).view(8, 8)[:6, :6])
+    assert cropped["res4"].shape[-2:] == (32, 32)  # left for the distiller to report

@@ -177,15 +177,15 @@ class MGDDistiller(nn.Module):
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
         div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
         images = ImageList.from_tensors(images, div)
-        self._student_canvas = self._padded_size(batched_inputs)
         with self.teacher_taps.capture() as feats:
             outputs = teacher.backbone(images.tensor)
-        feats["_canvas"] = tuple(images.tensor.shape[-2:])
+        feats["_canvas"] = (tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs))
         if self.kd_weight:
             feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
         return feats
 
-    def _crop_to_student(self, teacher_feats, student_feats):
+    @staticmethod
+    def _crop_to_student(teacher_feats, student_feats):
         """Drop the teacher's extra bottom/right padding when it needed a coarser canvas.
 
         Only a difference explained by padding is cropped: at a position of stride ``s`` the
@@ -193,8 +193,7 @@ class MGDDistiller(nn.Module):
         there. Anything else (e.g. a dilated teacher stage) is left for the distiller to
         report as a spatial mismatch.
         """
-        teacher_canvas = teacher_feats.pop("_canvas")
-        student_canvas = self._student_canvas
+        teacher_canvas, student_canvas = teacher_feats.pop("_canvas")
         for name, s in student_feats.items():
             t = teacher_feats[name]
             if t.shape[-2:] == s.shape[-2:]:
