@@ -16,8 +16,9 @@ def test_schedule_every_period_then_slower():
 
 
 def test_epoch_length_is_ceil_of_images_over_batch(tiny_datasets, tmp_path):
-    assert epoch_length(tiny_cfg("retinanet_R18_FPN.yaml", tmp_path)) == 8  # 16 images / 2
-    assert epoch_length(tiny_cfg("retinanet_R18_FPN.yaml", tmp_path, "SOLVER.IMS_PER_BATCH", "5")) == 4
+    assert epoch_length(16, 2) == 8 and epoch_length(16, 5) == 4 and epoch_length(1, 16) == 1
+    tracking = TrackingBatches(tiny_cfg("retinanet_R18_FPN.yaml", tmp_path), seed=0)
+    assert len(tracking.dataset) == 16  # what the hook divides by the batch
 
 
 def test_tracking_batches_are_seeded_per_update_and_leave_global_rng_alone(tiny_datasets, tmp_path):

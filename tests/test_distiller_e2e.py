@@ -209,12 +209,10 @@ def test_nan_in_teacher_features_is_reported_with_position(tmp_path, weights):
 
     trainer = MGDTrainer(cfg)
     trainer.resume_or_load(resume=False)
-    norm = trainer.unwrapped_model.teacher_taps.norm_before_relu("res4")
     # Poison the teacher's res4 after margins are computed: the features go NaN there.
     trainer.register_hooks([_PoisonAfterFirstStep(trainer.unwrapped_model.teacher.backbone.bottom_up.res4)])
     with pytest.raises(FloatingPointError, match="teacher res4"):
         trainer.train()
-    assert norm is not None
 
 
 class _PoisonAfterFirstStep(HookBase):

@@ -47,7 +47,8 @@ def main(args):
     if args.eval_teacher:
         if not is_mgd(cfg):
             raise ValueError("--eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE: MGDDistiller).")
-        return MGDTrainer.test(teacher_eval_cfg(cfg), build_teacher(cfg))
+        eval_cfg = teacher_eval_cfg(cfg)
+        return MGDTrainer.test(eval_cfg, build_teacher(cfg, teacher_cfg=eval_cfg))
     if args.eval_only:
         model = MGDTrainer.build_model(cfg)
         # MGD-aware: plain student checkpoints, strict all-or-nothing loading, clear errors.

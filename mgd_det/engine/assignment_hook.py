@@ -26,10 +26,9 @@ def unwrap_model(model):
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
-def epoch_length(cfg) -> int:
+def epoch_length(num_images: int, ims_per_batch: int) -> int:
     """Iterations per epoch, Detectron2-style: ceil(training images / global batch)."""
-    num_images = sum(len(DatasetCatalog.get(name)) for name in cfg.DATASETS.TRAIN)
-    return max(1, math.ceil(num_images / cfg.SOLVER.IMS_PER_BATCH))
+    return max(1, math.ceil(num_images / ims_per_batch))
 
 
 class UpdateSchedule:
@@ -93,11 +92,13 @@ class MGDAssignmentHook(HookBase):
     def __init__(self, cfg):
         self.cfg = cfg.clone()
         mgd = cfg.MGD.UPDATE
-        self.schedule = UpdateSchedule(mgd.PERIOD or epoch_length(cfg), mgd.SLOW_AFTER, mgd.SLOW_PERIOD)
+        # The training set is read once, for tracking; the epoch length follows from it.
+        self.tracking = TrackingBatches(cfg, seed=cfg.SEED if cfg.SEED >= 0 else 0)
+        period = mgd.PERIOD or epoch_length(len(self.tracking.dataset), cfg.SOLVER.IMS_PER_BATCH)
+        self.schedule = UpdateSchedule(period, mgd.SLOW_AFTER, mgd.SLOW_PERIOD)
         self.num_batches = mgd.NUM_BATCHES
         self.log_period = max(1, mgd.LOG_PERIOD)
         self.check_finite_period = cfg.MGD.CHECK_FINITE_PERIOD
-        self.tracking = TrackingBatches(cfg, seed=cfg.SEED if cfg.SEED >= 0 else 0)
         self.num_updates = 0
         self.update_iters: List[int] = []  # iterations (trainer.iter) after which updates ran
 

@@ -74,15 +74,16 @@ class MGDDistiller(nn.Module):
                 f"({positions}); give one factor per position."
             )
         self.student = build_student(cfg)
+        teacher_cfg = build_teacher_cfg(cfg)
         load_teacher = teacher is None
+        if load_teacher:
+            teacher = build_teacher(cfg, teacher_cfg=teacher_cfg)
         # object.__setattr__ bypasses nn.Module registration: see the class docstring.
-        object.__setattr__(self, "_teacher", teacher if teacher is not None else build_teacher(cfg))
+        object.__setattr__(self, "_teacher", teacher)
         for param in self._teacher.parameters():
             param.requires_grad_(False)
         self._teacher.eval()
-        self.flip_teacher_channels = teacher_needs_channel_flip(
-            cfg.INPUT.FORMAT, build_teacher_cfg(cfg).INPUT.FORMAT
-        )
+        self.flip_teacher_channels = teacher_needs_channel_flip(cfg.INPUT.FORMAT, teacher_cfg.INPUT.FORMAT)
         self.register_buffer("teacher_sha256", torch.zeros(32, dtype=torch.uint8))
         if load_teacher:
             self.teacher_sha256.copy_(_digest_tensor(file_sha256(cfg.MGD.TEACHER.WEIGHTS)))

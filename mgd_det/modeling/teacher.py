@@ -98,9 +98,12 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     return teacher_cfg
 
 
-def build_teacher(cfg: CfgNode, load_weights: bool = True) -> nn.Module:
-    """The teacher detector, weights loaded strictly, frozen and in eval mode."""
-    teacher = build_model(build_teacher_cfg(cfg))
+def build_teacher(cfg: CfgNode, load_weights: bool = True, teacher_cfg: CfgNode = None) -> nn.Module:
+    """The teacher detector, weights loaded strictly, frozen and in eval mode.
+
+    ``teacher_cfg`` (from :func:`build_teacher_cfg`) saves re-reading the teacher's config.
+    """
+    teacher = build_model(teacher_cfg if teacher_cfg is not None else build_teacher_cfg(cfg))
     if load_weights:
         weights = _required_file(
             cfg.MGD.TEACHER.WEIGHTS, "MGD.TEACHER.WEIGHTS", "Teacher weights",
