@@ -35,12 +35,16 @@ TEACHER = "retinanet_R50_FPN.yaml"
 class Schedule:
     """Iterations and batch of one study mode; every student gets the same schedule.
 
-    ``None`` keeps the config files' own recipe.
+    ``None`` keeps the config files' own recipe. The fine-tuning rows continue a finished
+    baseline student for ``finetune_iters`` more iterations at ``finetune_lr``, with and
+    without MGD.
     """
 
     teacher_iters: Optional[int] = None
     student_iters: Optional[int] = None
     batch: Optional[int] = None
+    finetune_iters: int = 100
+    finetune_lr: float = 0.002
     opts: List[str] = field(default_factory=list)
 
     def solver_opts(self, iters: Optional[int]) -> List[str]:
@@ -49,14 +53,31 @@ class Schedule:
         steps = f"({int(iters * 2 / 3)}, {int(iters * 8 / 9)})"
         warmup = min(100, iters // 4)
         return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(warmup),
-                "SOLVER.IMS_PER_BATCH", str(self.batch)] + self.opts
+                *self._batch_opts()] + self.opts
+
+    def finetune_opts(self, student_weights: str) -> List[str]:
+        iters = self.finetune_iters
+        return ["MODEL.WEIGHTS", student_weights, "SOLVER.MAX_ITER", str(iters), "SOLVER.BASE_LR",
+                str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
+                str(min(20, iters // 5)), *self._batch_opts()] + self.opts
+
+    def _batch_opts(self) -> List[str]:
+        return [] if self.batch is None else ["SOLVER.IMS_PER_BATCH", str(self.batch)]
 
 
 MODES = {
-    # About 15 minutes on 2 CPU cores: a short teacher, short students, half batches.
-    "quick": Schedule(teacher_iters=400, student_iters=300, batch=8),
-    # The recipes of the config files (teacher 800, students 600 iterations, batch 16).
-    "full": Schedule(),
+    # A few minutes per run on 2 CPU cores: short teacher, short students, half batches.
+    "quick": Schedule(teacher_iters=400, student_iters=150, batch=8, finetune_iters=50),
+    # The recorded study: the teacher's config recipe (1,200 iterations, lr 0.02), students
+    # 200 iterations at batch 16 (1.6 epochs; what 15 student runs cost in one session on
+    # 2 cores), fine-tuning 100 more iterations.
+    "full": Schedule(student_iters=200, batch=16, finetune_iters=100),
+}
+
+# The fine-tuning rows: name -> config, both started from a finished baseline student.
+FINETUNES = {
+    "finetune_plain": "retinanet_R18_FPN.yaml",
+    "finetune_MGD_AMP": "mgd_finetune_retinanet_R50_R18_AMP.yaml",
 }
 
 
@@ -105,28 +126,44 @@ def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
     return out
 
 
-def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str) -> Dict[str, dict]:
-    """Train the teacher once, then every student for every seed; returns the summary."""
+def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str,
+              finetune: bool = False) -> Dict[str, dict]:
+    """Train the teacher once, then every student for every seed; returns the summary.
+
+    With ``finetune``, each seed's baseline student is also trained further with and without
+    MGD (the rows of ``FINETUNES``); this needs "baseline" among ``students``.
+    """
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
     unknown = [s for s in students if s not in STUDENTS]
     if unknown:
         raise ValueError(f"unknown students {unknown}; choose from {sorted(STUDENTS)}")
+    if finetune and "baseline" not in students:
+        raise ValueError("the fine-tuning rows start from the baseline students: add 'baseline' to the students")
     schedule = MODES[mode]
     teacher_dir = os.path.join(out_root, "teacher_R50")
     teacher = run_training(os.path.join(CONFIGS, TEACHER), teacher_dir,
                            schedule.solver_opts(schedule.teacher_iters) + ["SEED", "0"])
-    teacher_weights = os.path.join(teacher_dir, "model_final.pth")
+    teacher_opts = ["MGD.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth")]
     summary = {"teacher_R50": summarize([teacher])}
     for student in students:
         runs = []
         for seed in seeds:
             opts = schedule.solver_opts(schedule.student_iters) + ["SEED", str(seed)]
             if student != "baseline":
-                opts += ["MGD.TEACHER.WEIGHTS", teacher_weights]
+                opts += teacher_opts
             run_dir = os.path.join(out_root, f"student_R18_{student}_seed{seed}")
             runs.append(run_training(os.path.join(CONFIGS, STUDENTS[student]), run_dir, opts))
         summary[f"student_R18_{student}"] = summarize(runs)
+    for name, config in (FINETUNES.items() if finetune else ()):
+        runs = []
+        for seed in seeds:
+            baseline = os.path.join(out_root, f"student_R18_baseline_seed{seed}", "model_final.pth")
+            opts = schedule.finetune_opts(baseline) + ["SEED", str(seed)]
+            if "MGD" in name:
+                opts += teacher_opts
+            runs.append(run_training(os.path.join(CONFIGS, config), os.path.join(out_root, f"{name}_seed{seed}"), opts))
+        summary[f"student_R18_{name}"] = summarize(runs)
     with open(os.path.join(out_root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     return summary

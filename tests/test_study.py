@@ -43,9 +43,27 @@ def test_study_reuses_teacher_and_students(tmp_path):
     assert json.loads((tmp_path / "summary.json").read_text())["student_R18_baseline"]["AP"] == 50.5
 
 
+def test_finetune_rows_start_from_each_baseline(tmp_path):
+    _write_run(tmp_path / "teacher_R50", 60.0)
+    for seed in (0, 1):
+        _write_run(tmp_path / f"student_R18_baseline_seed{seed}", 50.0 + seed)
+        _write_run(tmp_path / f"finetune_plain_seed{seed}", 51.0 + seed)
+        _write_run(tmp_path / f"finetune_MGD_AMP_seed{seed}", 53.0 + seed)
+    summary = run_study("full", ["baseline"], [0, 1], str(tmp_path), finetune=True)
+    assert summary["student_R18_finetune_plain"]["AP"] == 51.5
+    assert summary["student_R18_finetune_MGD_AMP"]["AP"] == 53.5
+    opts = MODES["full"].finetune_opts("base/model_final.pth")
+    weights = opts[opts.index("MODEL.WEIGHTS") + 1]
+    assert weights == "base/model_final.pth" and opts[opts.index("SOLVER.MAX_ITER") + 1] == "100"
+
+
 def test_bad_study_arguments():
     with pytest.raises(ValueError, match="unknown mode"):
         run_study("medium", ["AMP"], [0], "/tmp/unused")
     with pytest.raises(ValueError, match="unknown students"):
         run_study("quick", ["XYZ"], [0], "/tmp/unused")
+    with pytest.raises(ValueError, match="add 'baseline'"):
+        run_study("quick", ["AMP"], [0], "/tmp/unused", finetune=True)
     assert MODES["full"].solver_opts(None) == [] and "SOLVER.MAX_ITER" in MODES["quick"].solver_opts(300)
+    assert MODES["full"].solver_opts(200)[:6] == ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(133, 177)",
+                                                   "SOLVER.WARMUP_ITERS", "50"]

@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """The main job: teacher, baseline student and MGD student(s) on the bundled mini digits.
 
-    python tools/distill_mini_digits.py                  # quick: ~15 min on 2 CPU cores
-    python tools/distill_mini_digits.py --mode full      # the config recipes (real numbers)
-    python tools/distill_mini_digits.py --mode full --students baseline,AMP,SM,RD,AMP_KD --seeds 0,1,2
+    python tools/distill_mini_digits.py                  # quick: teacher 400 it, students 150 it
+    python tools/distill_mini_digits.py --mode full      # the recorded recipe (real numbers)
+    python tools/distill_mini_digits.py --mode full --students baseline,AMP,SM,RD,AMP_KD \
+        --seeds 0,1,2 --finetune                         # the whole study of docs/BENCHMARKS.md
 
 Runs that already finished (model_final.pth + results in their folder) are reused.
 """
@@ -22,11 +23,14 @@ def main():
     parser.add_argument("--students", default="baseline,AMP", help=f"comma list of {sorted(STUDENTS)}")
     parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     parser.add_argument("--out-dir", default=None, help="default: output/study_<mode>")
+    parser.add_argument("--finetune", action="store_true",
+                        help="also fine-tune each baseline student further, with and without MGD")
     args = parser.parse_args()
     out_dir = args.out_dir or os.path.join("output", f"study_{args.mode}")
     os.makedirs(out_dir, exist_ok=True)
     setup_logger(output=os.path.join(out_dir, "study.log"), name="mgd_det")
-    summary = run_study(args.mode, args.students.split(","), [int(s) for s in args.seeds.split(",")], out_dir)
+    summary = run_study(args.mode, args.students.split(","), [int(s) for s in args.seeds.split(",")], out_dir,
+                        finetune=args.finetune)
     table = markdown_table(summary)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(table + "\n")
