@@ -104,8 +104,10 @@ def test_teacher_frozen_in_eval_and_each_backbone_runs_once_per_step(tmp_path, w
     assert [k for k in model.state_dict() if "teacher" in k] == ["teacher_sha256"]
     assert not any("teacher" in n for n, _ in model.named_parameters())
     before = {k: v.clone() for k, v in model.teacher.state_dict().items()}
-    calls = {"teacher": 0, "student": 0}
-    model.teacher.backbone.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
+    calls = {"teacher": 0, "teacher_fpn": 0, "student": 0}
+    # Only resN positions and no KD: the teacher's ResNet runs, its FPN (unread) does not.
+    model.teacher.backbone.bottom_up.register_forward_hook(lambda *a: calls.__setitem__("teacher", calls["teacher"] + 1))
+    model.teacher.backbone.register_forward_hook(lambda *a: calls.__setitem__("teacher_fpn", calls["teacher_fpn"] + 1))
     model.student.backbone.register_forward_hook(lambda *a: calls.__setitem__("student", calls["student"] + 1))
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=0.1)
@@ -114,7 +116,7 @@ def test_teacher_frozen_in_eval_and_each_backbone_runs_once_per_step(tmp_path, w
         optimizer.zero_grad()
         sum(losses.values()).backward()
         optimizer.step()
-    assert calls == {"teacher": 2, "student": 2}
+    assert calls == {"teacher": 2, "teacher_fpn": 0, "student": 2}
     assert all(p.grad is None for p in model.teacher.parameters())
     after = model.teacher.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats included

@@ -67,3 +67,8 @@ def test_bad_study_arguments():
     assert MODES["full"].solver_opts(None) == [] and "SOLVER.MAX_ITER" in MODES["quick"].solver_opts(300)
     assert MODES["full"].solver_opts(200)[:6] == ["SOLVER.MAX_ITER", "200", "SOLVER.STEPS", "(133, 177)",
                                                    "SOLVER.WARMUP_ITERS", "50"]
+    full = MODES["full"].solver_opts(200)
+    assert full[full.index("SOLVER.BASE_LR") + 1] == "0.02"
+    # Fine-tuning keeps its own low LR.
+    finetune = MODES["full"].finetune_opts("w.pth")
+    assert finetune[finetune.index("SOLVER.BASE_LR") + 1] == "0.002" and finetune.count("SOLVER.BASE_LR") == 1

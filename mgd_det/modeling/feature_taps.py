@@ -140,6 +140,17 @@ class FeatureTaps:
                 "is the backbone run inside capture()?"
             )
 
+    def smallest_network(self) -> nn.Module:
+        """The part of the backbone that must run to produce every position.
+
+        Only ``resN`` positions: the ResNet alone (an FPN's lateral and output convs would be
+        wasted work, e.g. for a frozen teacher whose FPN outputs nobody reads). Any ``pN``
+        position: the whole backbone.
+        """
+        if all(p.startswith("res") for p in self.positions):
+            return _find_resnet(self.backbone)
+        return self.backbone
+
     def remove(self) -> None:
         for handle in self._handles:
             handle.remove()

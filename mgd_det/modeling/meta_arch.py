@@ -170,7 +170,11 @@ class MGDDistiller(nn.Module):
 
     @torch.no_grad()
     def teacher_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
-        """Teacher backbone (+FPN) once, on the student's padded canvas, no grad."""
+        """Teacher features once, on the student's padded canvas, no grad.
+
+        Only what is read runs: the teacher's ResNet alone when every position is a ``resN``
+        and output KD is off, its whole backbone (with FPN) otherwise, plus its head for KD.
+        """
         teacher = self._teacher
         images = [teacher._move_to_current_device(x["image"]) for x in batched_inputs]
         if self.flip_teacher_channels:
@@ -178,8 +182,9 @@ class MGDDistiller(nn.Module):
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
         div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
         images = ImageList.from_tensors(images, div)
+        network = teacher.backbone if self.kd_weight else self.teacher_taps.smallest_network()
         with self.teacher_taps.capture() as feats:
-            outputs = teacher.backbone(images.tensor)
+            outputs = network(images.tensor)
         feats["_canvas"] = (tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs))
         if self.kd_weight:
             feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
