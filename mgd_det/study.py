@@ -119,7 +119,8 @@ def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: st
 
 
 def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
-    out = {}
+    """Mean and sample std of each metric over seeds, plus every seed's AP (in seed order)."""
+    out = {"AP_per_seed": [r["AP"] for r in per_seed]}
     for m in METRICS:
         values = [r[m] for r in per_seed]
         out[m] = statistics.mean(values)
@@ -172,8 +173,9 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
 
 
 def markdown_table(summary: Dict[str, dict]) -> str:
-    lines = ["| model | seeds | AP | AP50 | AP75 |", "|---|---|---|---|---|"]
+    lines = ["| model | seeds | AP | AP50 | AP75 | AP per seed |", "|---|---|---|---|---|---|"]
     for name, s in summary.items():
         cells = [f"{s[m]:.2f} ± {s[m + '_std']:.2f}" if s["seeds"] > 1 else f"{s[m]:.2f}" for m in METRICS]
-        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + " |")
+        per_seed = ", ".join(f"{ap:.2f}" for ap in s.get("AP_per_seed", []))
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + f" | {per_seed} |")
     return "\n".join(lines)

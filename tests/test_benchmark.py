@@ -214,3 +214,15 @@ def test_plot_curves(tmp_path):
     assert_png(out)
     keys = ns["plot_curves"](runs, str(tmp_path / "c2.png"), metrics=["bbox/AP"])
     assert keys == ["total_loss", "loss_cls", "loss_mgd_res2", "bbox/AP"]
+
+
+def test_worker_peak_memory_is_its_own_not_the_parents():
+    """A worker started by a big parent must not report the parent's peak (ru_maxrss does)."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(1_500 * 2**20 // 8)  # 1.5 GiB, touched, resident in this process
+    code = "from mgd_det.benchmark.memory import _peak_rss_mb; print(_peak_rss_mb())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert ballast[-1] == 1.0
+    assert 0 < float(out) < 1_000, out

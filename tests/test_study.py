@@ -30,7 +30,8 @@ def test_summary_mean_std_and_table():
     s = summarize([{"AP": 40.0, "AP50": 60.0, "AP75": 30.0}, {"AP": 42.0, "AP50": 62.0, "AP75": 34.0}])
     assert s["AP"] == 41.0 and s["seeds"] == 2 and abs(s["AP_std"] - 1.41421356) < 1e-6
     table = markdown_table({"student_R18_AMP": s})
-    assert "| student_R18_AMP | 2 | 41.00 ± 1.41 | 61.00 ± 1.41 | 32.00 ± 2.83 |" in table
+    assert s["AP_per_seed"] == [40.0, 42.0]
+    assert "| student_R18_AMP | 2 | 41.00 ± 1.41 | 61.00 ± 1.41 | 32.00 ± 2.83 | 40.00, 42.00 |" in table
 
 
 def test_study_reuses_teacher_and_students(tmp_path):

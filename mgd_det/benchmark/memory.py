@@ -31,6 +31,19 @@ def _rss_mb() -> float:
 
 
 def _peak_rss_mb() -> float:
+    """This process's own peak RSS.
+
+    Linux's ``ru_maxrss`` survives ``exec``: a worker started by a parent holding 2 GiB reports
+    at least 2 GiB whatever it does itself. ``VmHWM`` belongs to the worker's own address space,
+    so it is read first; ``ru_maxrss`` is the fallback where /proc is missing.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
