@@ -76,10 +76,11 @@ MODES = {
     "full": Schedule(student_iters=200, batch=16, student_lr=0.02, finetune_iters=100),
 }
 
-# The fine-tuning rows: name -> config, both started from a finished baseline student.
+# The fine-tuning rows: name -> (config, distils from the teacher), both started from a
+# finished baseline student.
 FINETUNES = {
-    "finetune_plain": "retinanet_R18_FPN.yaml",
-    "finetune_MGD_AMP": "mgd_finetune_retinanet_R50_R18_AMP.yaml",
+    "finetune_plain": ("retinanet_R18_FPN.yaml", False),
+    "finetune_MGD_AMP": ("mgd_finetune_retinanet_R50_R18_AMP.yaml", True),
 }
 
 
@@ -158,12 +159,12 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
             run_dir = os.path.join(out_root, f"student_R18_{student}_seed{seed}")
             runs.append(run_training(os.path.join(CONFIGS, STUDENTS[student]), run_dir, opts))
         summary[f"student_R18_{student}"] = summarize(runs)
-    for name, config in (FINETUNES.items() if finetune else ()):
+    for name, (config, distils) in (FINETUNES.items() if finetune else ()):
         runs = []
         for seed in seeds:
             baseline = os.path.join(out_root, f"student_R18_baseline_seed{seed}", "model_final.pth")
             opts = schedule.finetune_opts(baseline) + ["SEED", str(seed)]
-            if "MGD" in name:
+            if distils:
                 opts += teacher_opts
             runs.append(run_training(os.path.join(CONFIGS, config), os.path.join(out_root, f"{name}_seed{seed}"), opts))
         summary[f"student_R18_{name}"] = summarize(runs)
