@@ -10,7 +10,7 @@ import os
 import statistics
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 logger = logging.getLogger(__name__)
@@ -46,22 +46,21 @@ class Schedule:
     student_lr: Optional[float] = None
     finetune_iters: int = 100
     finetune_lr: float = 0.002
-    opts: List[str] = field(default_factory=list)
 
     def solver_opts(self, iters: Optional[int]) -> List[str]:
         if iters is None:
-            return list(self.opts)
+            return []
         steps = f"({int(iters * 2 / 3)}, {int(iters * 8 / 9)})"
         warmup = min(100, iters // 4)
         lr = [] if self.student_lr is None else ["SOLVER.BASE_LR", str(self.student_lr)]
         return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(warmup),
-                *self._batch_opts(), *lr] + self.opts
+                *self._batch_opts(), *lr]
 
     def finetune_opts(self, student_weights: str) -> List[str]:
         iters = self.finetune_iters
         return ["MODEL.WEIGHTS", student_weights, "SOLVER.MAX_ITER", str(iters), "SOLVER.BASE_LR",
                 str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
-                str(min(20, iters // 5)), *self._batch_opts()] + self.opts
+                str(min(20, iters // 5)), *self._batch_opts()]
 
     def _batch_opts(self) -> List[str]:
         return [] if self.batch is None else ["SOLVER.IMS_PER_BATCH", str(self.batch)]

@@ -108,6 +108,10 @@ class MGDDistiller(nn.Module):
             allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING,
         ).to(self.student.device)
         self.kd_weight = cfg.MGD.KD.WEIGHT if cfg.MGD.KD.ENABLED else 0.0
+        # What the teacher runs each step: its ResNet alone unless an FPN position or KD reads
+        # more. Unregistered, like the teacher itself (not in state_dict, parameters or DDP).
+        object.__setattr__(self, "_teacher_network",
+                           self._teacher.backbone if self.kd_weight else self.teacher_taps.smallest_network())
         self.kd_temperature = cfg.MGD.KD.TEMPERATURE
         if self.kd_weight:
             self._check_kd_compatible()
@@ -182,9 +186,8 @@ class MGDDistiller(nn.Module):
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
         div = max(teacher.backbone.size_divisibility, self.student.backbone.size_divisibility, 1)
         images = ImageList.from_tensors(images, div)
-        network = teacher.backbone if self.kd_weight else self.teacher_taps.smallest_network()
         with self.teacher_taps.capture() as feats:
-            outputs = network(images.tensor)
+            outputs = self._teacher_network(images.tensor)
         feats["_canvas"] = (tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs))
         if self.kd_weight:
             feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
