@@ -8,9 +8,14 @@ import os
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from mgd_det.device import AUTO, resolve_cfg_device
+
 
 def add_mgd_config(cfg: CN) -> CN:
     """Declare the MGD keys on ``cfg`` (in place) and return it."""
+    # Detectron2's default "cuda" would be indistinguishable from an explicit choice: "auto"
+    # means "not set", resolved by setup_cfg to cuda when available, else cpu (mgd_det/device.py).
+    cfg.MODEL.DEVICE = AUTO
     cfg.MGD = CN()
     # Meta-architecture of the student when MODEL.META_ARCHITECTURE is "MGDDistiller"
     # (e.g. "RetinaNet", "GeneralizedRCNN"). The rest of cfg.MODEL describes the student.
@@ -98,7 +103,8 @@ def setup_cfg(config_file: str, opts=()) -> CN:
 
     Teacher config/weights paths may be written relative to the working directory or to
     the folder of ``config_file``. Unknown keys raise Detectron2's KeyError, re-raised with
-    the file name so the user knows where to look.
+    the file name so the user knows where to look. ``MODEL.DEVICE`` left unset becomes
+    "cuda" when available, else "cpu" (logged); an explicit value wins (ValueError if unusable).
     """
     cfg = get_mgd_cfg()
     if not os.path.isfile(config_file):
@@ -114,4 +120,5 @@ def setup_cfg(config_file: str, opts=()) -> CN:
     config_dir = os.path.dirname(os.path.abspath(config_file))
     cfg.MGD.TEACHER.CONFIG_FILE = _resolve(cfg.MGD.TEACHER.CONFIG_FILE, config_dir)
     cfg.MGD.TEACHER.WEIGHTS = _resolve(cfg.MGD.TEACHER.WEIGHTS, config_dir)
+    resolve_cfg_device(cfg)
     return cfg

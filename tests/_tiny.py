@@ -17,6 +17,7 @@ TINY_OPTS = [
     "SOLVER.STEPS", "()", "DATALOADER.NUM_WORKERS", "0",
     "MODEL.RETINANET.SCORE_THRESH_TEST", "0.0", "MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0",
     "MGD.UPDATE.NUM_BATCHES", "2",
+    "MODEL.DEVICE", "cpu",  # CPU tests stay CPU tests on a machine with CUDA
 ]
 
 

@@ -1,4 +1,4 @@
-"""Two CPU processes (gloo) through Detectron2's ``launch``: shared assignment solve, DDP
+"""Two CPU processes (gloo) through ``launch_processes``: shared assignment solve, DDP
 training steps, and resuming rank 0's checkpoint on one process."""
 import os
 import subprocess
@@ -6,7 +6,7 @@ import sys
 
 import pytest
 import torch
-from detectron2.engine import HookBase, launch
+from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch.nn.parallel import DistributedDataParallel
@@ -15,6 +15,7 @@ from _tiny import REPO
 from mgd_det.engine import MGDTrainer
 from mgd_det.engine.assignment_hook import TrackingBatches
 from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.launch import launch_processes
 
 WORLD = 2
 OPTS = [
@@ -69,7 +70,7 @@ def two_process_run(tmp_path_factory, tiny_cfg):
     seed_all_rng(base.SEED)
     torch.save({"model": MGDTrainer.build_model(base).state_dict()}, init)
     cfg = tiny_cfg("mgd_retinanet_R50_R18_AMP.yaml", out, *OPTS, "MODEL.WEIGHTS", init)
-    launch(_worker, WORLD, dist_url="auto", args=(cfg,))
+    launch_processes(_worker, WORLD, dist_url="auto", args=(cfg,), device=cfg.MODEL.DEVICE)
     return cfg, out
 
 
@@ -116,9 +117,8 @@ def test_rank0_checkpoint_resumes_on_one_process(two_process_run, tiny_cfg):
 
 
 def test_train_net_runs_two_cpu_processes(tmp_path, tiny_teacher_weights):
-    """`tools/train_net.py --num-gpus 2` on a machine without CUDA: launch() uses gloo."""
-    if torch.cuda.is_available():
-        pytest.skip("checks the CPU (gloo) path")
+    """`tools/train_net.py --num-gpus 2` with MODEL.DEVICE cpu: two gloo processes, with or
+    without CUDA on the machine."""
     cmd = [
         sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2",
         "--config-file", os.path.join(REPO, "configs", "mini_digits", "mgd_retinanet_R50_R18_AMP.yaml"),
@@ -126,7 +126,7 @@ def test_train_net_runs_two_cpu_processes(tmp_path, tiny_teacher_weights):
         "MGD.TEACHER.WEIGHTS", tiny_teacher_weights("retinanet_R18_FPN.yaml"),
         "DATASETS.TRAIN", "('mini_digits_tiny_train',)", "DATASETS.TEST", "()",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
-        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path),
+        "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
     ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)

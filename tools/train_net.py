@@ -11,12 +11,13 @@ import logging
 import os
 
 import detectron2.utils.comm as comm
-from detectron2.engine import default_argument_parser, default_setup, launch
+from detectron2.engine import default_argument_parser, default_setup
 from detectron2.utils.logger import setup_logger
 
 from mgd_det.config import setup_cfg
 from mgd_det.engine import MGDTrainer, is_mgd
 from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.launch import config_device, launch_processes
 from mgd_det.modeling import build_teacher, build_teacher_cfg
 
 logger = logging.getLogger("mgd_det.train_net")
@@ -67,11 +68,12 @@ def parse_args(argv=None):
 
 if __name__ == "__main__":
     args = parse_args()
-    launch(
+    launch_processes(  # gloo processes on the CPU whatever CUDA reports; Detectron2's launch on CUDA
         main,
         args.num_gpus,
         num_machines=args.num_machines,
         machine_rank=args.machine_rank,
         dist_url=args.dist_url,
         args=(args,),
+        device=config_device(args.config_file, args.opts),
     )

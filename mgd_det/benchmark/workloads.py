@@ -24,10 +24,8 @@ DEFAULT_CONFIG = "configs/mini_digits/mgd_retinanet_R50_R18_AMP.yaml"
 
 
 def benchmark_cfg(config_file: str = DEFAULT_CONFIG, opts: Sequence[str] = ()) -> CfgNode:
-    """The MGD config, forced to CPU-friendly single-process settings."""
+    """The MGD config, frozen; its device resolved by ``setup_cfg`` (CUDA when available)."""
     cfg = setup_cfg(config_file, list(opts))
-    cfg.defrost()
-    cfg.MODEL.DEVICE = "cpu" if not torch.cuda.is_available() else cfg.MODEL.DEVICE
     cfg.freeze()
     return cfg
 

@@ -1,0 +1,65 @@
+"""Which device a run uses: CUDA when it is there, the CPU otherwise, an explicit choice always.
+
+Detectron2's default ``MODEL.DEVICE`` is ``"cuda"``, so "the user asked for CUDA" and "nobody
+said anything" look the same after a config is merged. :func:`mgd_det.config.add_mgd_config`
+therefore replaces that default by the sentinel :data:`AUTO`; :func:`mgd_det.config.setup_cfg`
+resolves it here, after the config file and the command line had their say. Torch only (no
+Detectron2 import), so the launcher and scripts can use it before building a config.
+"""
+import logging
+from typing import Optional, Tuple
+
+import torch
+
+__all__ = ["AUTO", "resolve_device", "resolve_cfg_device"]
+
+logger = logging.getLogger(__name__)
+
+# MODEL.DEVICE value meaning "not set by the config file or the command line".
+AUTO = "auto"
+
+
+def resolve_device(requested: str, cuda_available: Optional[bool] = None) -> Tuple[str, str]:
+    """``(device, why)`` for a ``MODEL.DEVICE`` value; ``why`` is a short reason for the log.
+
+    ``AUTO`` (or an empty value) becomes ``"cuda"`` when ``torch.cuda.is_available()`` and
+    ``"cpu"`` otherwise. Any other value is kept as given once it is checked: an unparsable
+    string, or a CUDA device on a machine that has none (or fewer), is a ``ValueError``.
+    """
+    if cuda_available is None:
+        cuda_available = torch.cuda.is_available()
+    value = (requested or AUTO).strip()
+    if value.lower() == AUTO:
+        if cuda_available:
+            return "cuda", "MODEL.DEVICE not set and CUDA is available"
+        return "cpu", "MODEL.DEVICE not set and no CUDA device is visible"
+    try:
+        device = torch.device(value)
+    except (RuntimeError, ValueError) as err:
+        raise ValueError(
+            f"MODEL.DEVICE {value!r} is not a torch device ({err}); use cpu, cuda, cuda:N, "
+            f"or leave it unset ({AUTO!r}) to use CUDA when available."
+        ) from None
+    if device.type == "cuda":
+        if not cuda_available:
+            raise ValueError(
+                f"MODEL.DEVICE is {value!r} but torch sees no CUDA device (torch {torch.__version__}, "
+                f"CUDA build: {torch.version.cuda or 'no'}); set MODEL.DEVICE cpu, or leave it unset "
+                "to use CUDA only when available."
+            )
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(
+                f"MODEL.DEVICE is {value!r} but only {torch.cuda.device_count()} CUDA device(s) "
+                "are visible; pick an existing index or set MODEL.DEVICE cuda."
+            )
+    return value, "MODEL.DEVICE set explicitly"
+
+
+def resolve_cfg_device(cfg, cuda_available: Optional[bool] = None) -> str:
+    """Resolve ``cfg.MODEL.DEVICE`` in place (``cfg`` must not be frozen), log it, return it."""
+    device, why = resolve_device(cfg.MODEL.DEVICE, cuda_available)
+    cfg.MODEL.DEVICE = device
+    if device.startswith("cuda") and torch.cuda.device_count() > 0:
+        why += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    logger.info("Device: %s (%s)", device, why)
+    return device
