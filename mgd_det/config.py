@@ -82,6 +82,31 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.CHECK_FINITE_PERIOD = 1
     # Wrap the student in DDP with find_unused_parameters (only if your model needs it).
     cfg.MGD.FIND_UNUSED_PARAMETERS = False
+
+    cfg.MGD.UNLABELED = CN()
+    # Unlabeled image folders, "NAME:PATH" each (searched recursively; PNG/JPEG/BMP/WebP/TIFF),
+    # registered as data sets NAME; a "folder:PATH" name in DATASETS.TRAIN works too.
+    cfg.MGD.UNLABELED.FOLDERS = ()
+    # Draw unlabeled images "preferential" (by tempered teacher score) or "uniform".
+    cfg.MGD.UNLABELED.SAMPLING = "preferential"
+    # Tempering T of p ∝ (score + SCORE_EPS)^(1/T): 1 = proportional, smaller = greedier.
+    cfg.MGD.UNLABELED.TEMPERATURE = 1.0
+    # Share u of uniform sampling mixed in: p = (1 - u) * tempered + u / N.
+    cfg.MGD.UNLABELED.UNIFORM_SHARE = 0.2
+    # Added to every score before tempering (keeps zero-score images reachable).
+    cfg.MGD.UNLABELED.SCORE_EPS = 0.01
+    # Image score: "mass" (sum of teacher detection scores >= SCORE_THRESH) or "max".
+    cfg.MGD.UNLABELED.SCORE = "mass"
+    # Teacher detection confidence counted in the "mass" score.
+    cfg.MGD.UNLABELED.SCORE_THRESH = 0.5
+    # Images per teacher forward in the scoring pass.
+    cfg.MGD.UNLABELED.SCORE_BATCH_SIZE = 8
+    # Score cache file ("": OUTPUT_DIR/unlabeled_scores.json); runs sharing a teacher may share it.
+    cfg.MGD.UNLABELED.SCORE_CACHE = ""
+    # Seconds between progress lines (with ETA) of the scoring pass.
+    cfg.MGD.UNLABELED.SCORE_LOG_PERIOD = 10.0
+    # Iterations between rescorings (0: score once before training).
+    cfg.MGD.UNLABELED.RESCORE_PERIOD = 0
     return cfg
 
 

@@ -23,3 +23,4 @@ __all__ = [
     "register_coco_dataset",
     "register_mini_digits",
 ]
+from .unlabeled import register_image_folder, register_unlabeled_from_cfg  # noqa: E402,F401  (registers the bundled unlabeled pools)
