@@ -22,6 +22,11 @@ from mgd_det.matching.distpro import LearnedWeighting, MetaWeightStep
 NAMES = ("res1", "res2")
 REFERENCE = {"res1": 1.0, "res2": 0.5}
 VIRTUAL_LR = 0.1
+# CPU always; CUDA where present (the tests that exercise device placement and CUDA's RNG).
+DEVICES = [
+    "cpu",
+    pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA")),
+]
 
 
 class TinyStudent(nn.Module):
@@ -40,21 +45,21 @@ class TinyStudent(nn.Module):
 class Task:
     """A student, fixed distillation targets and ``compute_losses`` for it."""
 
-    def __init__(self, seed=0, dtype=torch.float64):
+    def __init__(self, seed=0, dtype=torch.float64, device="cpu"):
         torch.manual_seed(seed)
-        self.model = TinyStudent().to(dtype)
+        self.model = TinyStudent().to(device, dtype)
         gen = torch.Generator().manual_seed(1000 + seed)
         self.targets = (
-            torch.randn(4, 8, 8, generator=gen, dtype=dtype),
-            torch.randn(6, 4, 4, generator=gen, dtype=dtype),
+            torch.randn(4, 8, 8, generator=gen, dtype=dtype).to(device),
+            torch.randn(6, 4, 4, generator=gen, dtype=dtype).to(device),
         )
-        self.dtype = dtype
+        self.dtype, self.device = dtype, torch.device(device)
 
     def batch(self, seed, size=4):
         gen = torch.Generator().manual_seed(seed)
         return {
-            "x": torch.randn(size, 3, 8, 8, generator=gen, dtype=self.dtype),
-            "y": torch.randint(0, 3, (size,), generator=gen),
+            "x": torch.randn(size, 3, 8, 8, generator=gen, dtype=self.dtype).to(self.device),
+            "y": torch.randint(0, 3, (size,), generator=gen).to(self.device),
         }
 
     def losses(self, model, batch):
@@ -70,7 +75,7 @@ class Task:
         return self.losses(self.model, batch)
 
     def weighting(self, logits=(0.3, -0.2)):
-        weighting = LearnedWeighting(NAMES, REFERENCE).to(self.dtype)
+        weighting = LearnedWeighting(NAMES, REFERENCE).to(self.device, self.dtype)
         with torch.no_grad():
             weighting.logits.copy_(torch.tensor(logits, dtype=self.dtype))
         return weighting
@@ -147,6 +152,15 @@ def test_exact_mode_matches_central_difference():
     torch.testing.assert_close(got, expected, rtol=EXACT_RTOL, atol=0)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+def test_finite_difference_agrees_with_exact_mode(device):
+    task = Task(0, device=device)
+    train, heldout = task.batch(10), task.batch(20)
+    fd = hypergradient(task.meta_step(task.weighting(), fd_radius=0.001).step(train, heldout))
+    exact = hypergradient(task.meta_step(task.weighting(), mode="exact").step(train, heldout))
+    torch.testing.assert_close(fd, exact, rtol=1e-6, atol=0)
+
+
 def test_virtual_lr_per_parameter_from_the_student_optimizer():
     """Without ``virtual_lr`` each parameter steps with its group's current LR (here the
     head's LR is 0: it does not move in the virtual step)."""
@@ -167,10 +181,24 @@ def test_virtual_lr_per_parameter_from_the_student_optimizer():
     )
 
 
-def test_student_left_exactly_as_it_was():
+def test_zero_student_lr_leaves_the_logits_alone():
+    """LR 0 (e.g. a schedule at its end): zero hypergradient and no Adam step at all."""
+    task = Task(0)
+    weighting = task.weighting()
+    logits = weighting.logits.detach().clone()
+    optimizer = torch.optim.SGD(task.model.parameters(), lr=0.0)
+    meta = MetaWeightStep(task.model, task.compute_losses, weighting, student_optimizer=optimizer)
+    stats = meta.step(task.batch(10), task.batch(20))
+    assert stats.hypergradient_norm == 0.0 and stats.epsilon == 0.0
+    assert torch.equal(weighting.logits.detach(), logits)
+    assert meta.optimizer.state_dict()["state"] == {}
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_student_left_exactly_as_it_was(device):
     """Parameters bitwise, BN running statistics and num_batches_tracked, .grad (None or
     values, same tensors), the global random state; the logits do move."""
-    task = Task(0, dtype=torch.float32)
+    task = Task(0, dtype=torch.float32, device=device)
     weighting = task.weighting()
     train, heldout = task.batch(10), task.batch(20)
     # Give the student non-trivial BN statistics and, for some parameters, gradients.
@@ -182,6 +210,7 @@ def test_student_left_exactly_as_it_was():
     grad_values = {name: None if g is None else g.clone() for name, g in grads.items()}
     before = {k: v.clone() for k, v in task.model.state_dict().items()}
     rng = torch.get_rng_state()
+    cuda_rng = torch.cuda.get_rng_state() if device == "cuda" else None
     logits = weighting.logits.detach().clone()
     weighting.logits.grad = torch.full_like(logits, 7.0)  # e.g. left by the trainer's backward
     logit_grad = weighting.logits.grad
@@ -200,6 +229,8 @@ def test_student_left_exactly_as_it_was():
         else:
             assert torch.equal(p.grad, grad_values[name]), name
     assert torch.equal(torch.get_rng_state(), rng)
+    if cuda_rng is not None:
+        assert torch.equal(torch.cuda.get_rng_state(), cuda_rng)
     assert weighting.logits.grad is logit_grad and torch.equal(
         logit_grad, torch.full_like(logits, 7.0)
     )
@@ -211,15 +242,16 @@ def test_student_left_exactly_as_it_was():
     assert not torch.equal(task.model.bn1.running_mean, before["bn1.running_mean"])
 
 
-def test_random_draws_are_the_same_at_every_point():
+@pytest.mark.parametrize("device", DEVICES)
+def test_random_draws_are_the_same_at_every_point(device):
     """A random transform inside compute_losses (like the random-drop reducer) draws the same
     numbers in every forward of one meta-step, so the finite difference sees no noise."""
-    task = Task(0)
+    task = Task(0, device=device)
     weighting = task.weighting()
     draws = []
 
     def noisy_losses(batch):
-        noise = torch.rand(1, dtype=task.dtype)
+        noise = torch.rand(1, dtype=task.dtype, device=task.device)
         draws.append(float(noise))
         t, d = task.compute_losses(batch)
         return t, {k: v * (1 + noise[0]) for k, v in d.items()}

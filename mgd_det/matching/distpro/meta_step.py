@@ -217,6 +217,7 @@ class MetaWeightStep:
             rng.reset()
             heldout_after = self._heldout_loss(heldout_batch)
             v = _grads(heldout_after, params)
+            heldout_after = heldout_after.detach()
             weights_snapshot.restore()
             u = [lr * g for lr, g in zip(lrs, v)]  # xi v, per parameter
             del grads, v
@@ -232,7 +233,10 @@ class MetaWeightStep:
             buffers.restore()
             rng.reset()
         hypergradient = _average_across_ranks(hypergradient.detach())
-        self._adam_step(hypergradient)
+        # No information on any rank (u = 0: zero LR or zero held-out gradient): skip Adam,
+        # whose momentum would otherwise keep moving the logits. Same decision on every rank.
+        if bool(hypergradient.any()):
+            self._adam_step(hypergradient)
         return self._stats(hypergradient, heldout_before, heldout_after, train_loss, epsilon)
 
     def _student_params(self) -> List[nn.Parameter]:
@@ -263,10 +267,7 @@ class MetaWeightStep:
         # Parameters outside the student's optimizer never move in training: xi = 0 for them.
         lrs = [lr_of.get(id(p), 0.0) for p in params]
         if not any(lr > 0 for lr in lrs):
-            raise ValueError(
-                "MetaWeightStep: the student optimizer's LR is 0 for every trainable parameter "
-                "(e.g. during warm-up from 0); the hypergradient would be exactly zero"
-            )
+            logger.warning("Meta-step: the student's LR is 0 everywhere; the logits stay put")
         return lrs
 
     def _train_losses(self, batch: Any) -> Tuple[LossDict, LossDict]:
@@ -307,7 +308,7 @@ class MetaWeightStep:
         logits = self.weighting.logits
         norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in u)))
         if norm == 0.0:
-            logger.warning("Meta-step: the held-out gradient is zero (or every LR is 0); no update")
+            logger.warning("Meta-step: the held-out gradient is zero or every LR is 0; no update")
             return torch.zeros_like(logits), 0.0
         epsilon = self.fd_radius / norm
         with torch.no_grad():
