@@ -1,0 +1,149 @@
+"""Teacher scoring of unlabeled images: score values, progress log, on-disk cache."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from detectron2.structures import Boxes, Instances
+
+import _tiny
+from mgd_det.config import get_mgd_cfg, setup_cfg
+from mgd_det.data.score_cache import ScoreCache, file_identity, fingerprint_module, teacher_identity
+from mgd_det.data.scoring import detection_scores, score_images, scoring_settings
+from mgd_det.data.unlabeled import load_image_folder
+from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
+
+
+class StandIn(torch.nn.Module):
+    """Detectron2-style detector: per image, detections scoring mean brightness / 255 and
+    half of it; counts the images it was called on."""
+
+    def __init__(self):
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.ones(1))
+        self.seen = 0
+
+    def forward(self, batched_inputs):
+        assert not self.training
+        self.seen += len(batched_inputs)
+        outputs = []
+        for x in batched_inputs:
+            level = float(x["image"].float().mean()) / 255.0 * float(self.weight)
+            inst = Instances((x["height"], x["width"]))
+            inst.scores = torch.tensor([level, level / 2])
+            inst.pred_boxes = Boxes(torch.zeros(2, 4))
+            outputs.append({"instances": inst})
+        return outputs
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    root = tmp_path / "images"
+    root.mkdir()
+    for i, level in enumerate((0, 60, 120, 180, 240)):
+        Image.new("RGB", (16, 16), (level,) * 3).save(root / f"{i}.png")
+    Image.new("L", (16, 16), 200).save(root / "gray.jpg")
+    big = root / "zz_truncated.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(big)
+    big.write_bytes(big.read_bytes()[:200])
+    return root
+
+
+def _mapper():
+    cfg = get_mgd_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 16, 16
+    return UnlabeledDatasetMapper(cfg, is_train=False)
+
+
+def test_detection_scores_mass_max_count():
+    inst = Instances((8, 8))
+    inst.scores = torch.tensor([0.9, 0.6, 0.5, 0.3, 0.05])
+    assert detection_scores({"instances": inst}, 0.5) == pytest.approx({"mass": 2.0, "max": 0.9, "count": 3})
+    empty = Instances((8, 8))
+    empty.scores = torch.zeros(0)
+    assert detection_scores({"instances": empty}, 0.5) == {"mass": 0.0, "max": 0.0, "count": 0}
+
+
+def test_scores_cached_reused_and_invalidated(folder, tmp_path, caplog):
+    dicts = load_image_folder(str(folder))
+    model, mapper = StandIn(), _mapper()
+    cache_file = str(tmp_path / "cache" / "scores.json")
+    identity = teacher_identity(model, {"threshold": 0.3})
+
+    with caplog.at_level(logging.INFO, logger="mgd_det.data.scoring"):
+        first = score_images(model, dicts, mapper, batch_size=2, threshold=0.3,
+                             cache=ScoreCache(cache_file, identity), log_period_s=0.0)
+    assert model.seen == 6 and first.num_computed == 7 and first.num_cached == 0
+    assert "ETA" in caplog.text and "[####################] 7/7" in caplog.text
+    assert list(first.readable) == [True] * 6 + [False] and np.isnan(first.scores[-1])
+    levels = np.array([0, 60, 120, 180, 240, 200]) / 255.0
+    expected = np.where(levels >= 0.3, levels, 0) + np.where(levels / 2 >= 0.3, levels / 2, 0)
+    assert np.allclose(first.scores[:6], expected, atol=1e-3)
+    assert np.allclose(first.max_scores[:6], levels, atol=1e-3)
+    assert list(first.counts[:6]) == [int(a >= 0.3) + int(a / 2 >= 0.3) for a in levels]
+    assert json.load(open(cache_file))["identity"] == identity
+    assert not [f for f in os.listdir(os.path.dirname(cache_file)) if f.startswith(".tmp")]
+
+    # rerun, same teacher: no model call at all
+    second = score_images(model, dicts, mapper, threshold=0.3, cache=ScoreCache(cache_file, identity))
+    assert model.seen == 6 and second.num_cached == 7 and second.num_computed == 0
+    np.testing.assert_array_equal(second.scores, first.scores)
+    max_kind = score_images(model, dicts, mapper, threshold=0.3, score_kind="max", cache=ScoreCache(cache_file, identity))
+    assert model.seen == 6 and np.allclose(max_kind.scores[:6], levels, atol=1e-3)
+
+    # a changed file is rescored, the others are not
+    Image.new("RGB", (16, 16), (250,) * 3).save(folder / "0.png")
+    os.utime(folder / "0.png", ns=(1, 1))
+    third = score_images(model, dicts, mapper, threshold=0.3, cache=ScoreCache(cache_file, identity))
+    assert model.seen == 7 and third.num_computed == 1 and third.scores[0] > 0.9
+
+    # a new teacher identity (weights changed) invalidates the whole cache
+    with torch.no_grad():
+        model.weight.fill_(0.5)
+    new_identity = teacher_identity(model, {"threshold": 0.3})
+    assert new_identity != identity and new_identity != teacher_identity(model, {"threshold": 0.4})
+    fourth = score_images(model, dicts, mapper, threshold=0.3, cache=ScoreCache(cache_file, new_identity))
+    assert model.seen == 13 and fourth.num_computed == 7
+    assert np.allclose(fourth.max_scores[1:6], levels[1:] / 2, atol=1e-3)
+
+
+def test_file_identity_and_fingerprints(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"abc")
+    key = file_identity(str(path))
+    assert key[0] == str(path) and key[1] == 3
+    a, b = torch.nn.Linear(2, 2), torch.nn.Linear(2, 2)
+    b.load_state_dict(a.state_dict())
+    assert fingerprint_module(a) == fingerprint_module(b)
+    with torch.no_grad():
+        b.bias[0] += 1e-6
+    assert fingerprint_module(a) != fingerprint_module(b)
+    assert teacher_identity(str(path)) == teacher_identity(str(path)) != teacher_identity(str(path), {"t": 1})
+    (tmp_path / "broken.json").write_text("{not json")
+    assert ScoreCache(str(tmp_path / "broken.json"), "x").entries == {}
+
+
+def test_real_detector_scores_a_folder(folder, tmp_path):
+    """A tiny RetinaNet (random init, mini digits config at 64 px) through the same path."""
+    from detectron2.modeling import build_model
+
+    cfg = setup_cfg(_tiny.config_path("retinanet_R18_FPN.yaml"), _tiny.TINY_OPTS)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    dicts = load_image_folder(str(folder))
+    mapper = UnlabeledDatasetMapper(cfg, is_train=False)
+    threshold = 0.001  # a fresh head predicts about its prior (0.01) everywhere
+    identity = teacher_identity(model, scoring_settings(cfg, threshold))
+    calls = []
+    model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
+    result = score_images(model, dicts, mapper, batch_size=4, threshold=threshold,
+                          cache=ScoreCache(str(tmp_path / "s.json"), identity))
+    assert calls == [4, 2] and model.training  # the train/eval mode is restored
+    assert np.all(result.scores[:6] > 0) and np.all(result.counts[:6] > 0) and np.isnan(result.scores[6])
+    again = score_images(model, dicts, mapper, threshold=threshold, cache=ScoreCache(str(tmp_path / "s.json"), identity))
+    assert calls == [4, 2]
+    np.testing.assert_allclose(again.scores, result.scores)
