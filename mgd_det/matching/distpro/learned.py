@@ -64,7 +64,8 @@ class LearnedWeighting(LossWeighting):
         bad = {n: v for n, v in zip(names, values) if not (math.isfinite(v) and v > 0)}
         if bad:
             raise ValueError(
-                f"LearnedWeighting: reference factors must be finite and > 0; got {bad}"
+                f"LearnedWeighting: reference factors must be finite and > 0; got {bad} "
+                "(a factor of 0 switches a pathway off: leave it out of the pathways instead)"
             )
         self.names = names
         self.logits = nn.Parameter(torch.zeros(len(names)))
