@@ -141,7 +141,7 @@ def score_images(
     num_cached = len(values) - len(todo)
     if todo:
         logger.info(
-            "Scoring %d images with the teacher (%d more from the cache%s)",
+            "Scoring %d images with the teacher (%d already in the cache%s)",
             len(todo), num_cached, f" {cache.path}" if cache.path else "",
         )
         _score_missing(model, dataset_dicts, mapper, todo, keys, values, cache, batch_size, threshold,

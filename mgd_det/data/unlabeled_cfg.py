@@ -1,0 +1,80 @@
+"""Config-driven glue for unlabeled pools: teacher scoring and the sampler from cfg.MGD.UNLABELED.
+
+The trainer (and ``tools/score_unlabeled.py``) call these three functions; the pieces they
+assemble (:mod:`.scoring`, :mod:`.score_cache`, :mod:`.preferential_sampler`,
+:mod:`.unlabeled_mapper`) stay usable on their own.
+"""
+
+import logging
+import os
+from typing import Dict, Optional, Sequence
+
+from .preferential_sampler import PreferentialSampler
+from .score_cache import ScoreCache, teacher_identity
+from .scoring import SCORE_KINDS, ImageScores, score_images, scoring_settings
+from .unlabeled_mapper import UnlabeledDatasetMapper
+
+logger = logging.getLogger(__name__)
+
+SAMPLING_MODES = ("preferential", "uniform")
+DEFAULT_CACHE_NAME = "unlabeled_scores.json"
+
+
+def check_unlabeled_cfg(cfg) -> None:
+    """One ValueError line per bad MGD.UNLABELED value."""
+    u = cfg.MGD.UNLABELED
+    checks = (
+        ("SAMPLING", u.SAMPLING in SAMPLING_MODES, f"one of {SAMPLING_MODES}"),
+        ("SCORE", u.SCORE in SCORE_KINDS, f"one of {SCORE_KINDS}"),
+        ("TEMPERATURE", u.TEMPERATURE > 0, "> 0 (1: proportional to the score; large: uniform)"),
+        ("UNIFORM_SHARE", 0.0 <= u.UNIFORM_SHARE <= 1.0, "in [0, 1]"),
+        ("SCORE_EPS", u.SCORE_EPS > 0, "> 0"),
+        ("SCORE_BATCH_SIZE", u.SCORE_BATCH_SIZE >= 1, ">= 1"),
+        ("RESCORE_PERIOD", u.RESCORE_PERIOD >= 0, ">= 0 (0: score once)"),
+    )
+    for key, ok, expected in checks:
+        if not ok:
+            raise ValueError(f"MGD.UNLABELED.{key} is {getattr(u, key)!r}; it must be {expected}.")
+
+
+def score_cache_path(cfg) -> str:
+    """MGD.UNLABELED.SCORE_CACHE, else OUTPUT_DIR/unlabeled_scores.json."""
+    return cfg.MGD.UNLABELED.SCORE_CACHE or os.path.join(cfg.OUTPUT_DIR, DEFAULT_CACHE_NAME)
+
+
+def score_unlabeled_from_cfg(
+    cfg, teacher, teacher_cfg, dataset_dicts: Sequence[Dict], cache_path: Optional[str] = None
+) -> ImageScores:
+    """Score ``dataset_dicts`` with ``teacher`` as cfg.MGD.UNLABELED says, through the cache.
+
+    ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and test sizes prepare the
+    images, and its MODEL section is part of the cache identity with the teacher's weights
+    (hashed from the module in memory) and the threshold.
+    """
+    check_unlabeled_cfg(cfg)
+    u = cfg.MGD.UNLABELED
+    identity = teacher_identity(teacher, scoring_settings(teacher_cfg, u.SCORE_THRESH))
+    cache = ScoreCache(cache_path or score_cache_path(cfg), identity)
+    mapper = UnlabeledDatasetMapper(teacher_cfg, is_train=False)
+    return score_images(
+        teacher, dataset_dicts, mapper, batch_size=u.SCORE_BATCH_SIZE, threshold=u.SCORE_THRESH,
+        score_kind=u.SCORE, cache=cache, log_period_s=u.SCORE_LOG_PERIOD,
+    )
+
+
+def build_unlabeled_sampler(cfg, scores, seed: Optional[int] = None, **kwargs) -> PreferentialSampler:
+    """The pool's sampler: tempered scores, or uniform (u = 1) when SAMPLING is "uniform".
+
+    Uniform sampling uses the same class so that unreadable images (NaN scores) are skipped
+    and the checkpointed state is the same. ``seed`` defaults to cfg.SEED when >= 0.
+    ``kwargs`` (rank, world_size, block_size) go to the sampler.
+    """
+    check_unlabeled_cfg(cfg)
+    u = cfg.MGD.UNLABELED
+    if seed is None and cfg.SEED >= 0:
+        seed = cfg.SEED
+    uniform = u.SAMPLING == "uniform"
+    return PreferentialSampler(
+        scores, temperature=u.TEMPERATURE, uniform_share=1.0 if uniform else u.UNIFORM_SHARE,
+        eps=u.SCORE_EPS, seed=seed, **kwargs,
+    )

@@ -1,0 +1,70 @@
+"""Config glue for unlabeled pools: key checks, sampler from cfg, scoring CLI end to end."""
+import json
+import logging
+import os
+
+import numpy as np
+import pytest
+
+import _tiny
+from mgd_det.config import get_mgd_cfg
+from mgd_det.data.unlabeled_cfg import build_unlabeled_sampler, check_unlabeled_cfg, score_cache_path
+
+SCRIPT = os.path.join(os.path.dirname(_tiny.MINI), "..", "tools", "score_unlabeled.py")
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("SAMPLING", "greedy", "SAMPLING is 'greedy'"),
+    ("TEMPERATURE", 0.0, "TEMPERATURE is 0.0; it must be > 0"),
+    ("UNIFORM_SHARE", 1.5, "UNIFORM_SHARE"),
+    ("SCORE", "sum", "SCORE is 'sum'"),
+])
+def test_bad_values_are_one_line_errors(key, value, message):
+    cfg = get_mgd_cfg()
+    setattr(cfg.MGD.UNLABELED, key, value)
+    with pytest.raises(ValueError, match=message):
+        check_unlabeled_cfg(cfg)
+
+
+def test_sampler_from_cfg():
+    cfg = get_mgd_cfg()
+    cfg.SEED = 4
+    cfg.OUTPUT_DIR = "/tmp/run"
+    assert score_cache_path(cfg) == "/tmp/run/unlabeled_scores.json"
+    scores = np.array([0.0, 1.0, 3.0, np.nan])
+    pref = build_unlabeled_sampler(cfg, scores)
+    assert pref.seed == 4 and pref.uniform_share == 0.2
+    assert pref.probabilities()[2] > pref.probabilities()[1] > pref.probabilities()[0] > 0 == pref.probabilities()[3]
+    cfg.MGD.UNLABELED.SAMPLING = "uniform"
+    uniform = build_unlabeled_sampler(cfg, scores, rank=1, world_size=2)
+    assert np.allclose(uniform.probabilities(), [1 / 3, 1 / 3, 1 / 3, 0]) and uniform.rank == 1
+
+
+def test_score_cli_on_the_tiny_pool(tmp_path, monkeypatch, caplog, tiny_teacher_weights):
+    import runpy
+
+    monkeypatch.setenv("MGD_DATASETS", str(tmp_path / "data"))
+    main = runpy.run_path(SCRIPT)["main"]
+    teacher_cfg = _tiny.config_path("retinanet_R18_FPN.yaml")
+    out = tmp_path / "report.json"
+    argv = [
+        "--config-file", _tiny.config_path("mgd_retinanet_R50_R18_AMP.yaml"), "--dataset", "mini_digits_pool_tiny",
+        "--temperatures", "0.5,1", "--uniform-shares", "0.2", "--out", str(out),
+        "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.DEVICE", "cpu",
+        "MGD.TEACHER.CONFIG_FILE", teacher_cfg, "MGD.TEACHER.WEIGHTS", tiny_teacher_weights("retinanet_R18_FPN.yaml"),
+        "MGD.TEACHER.OVERRIDES", "['MODEL.RETINANET.SCORE_THRESH_TEST', '0.0', 'INPUT.MIN_SIZE_TEST', '64']",
+        "MGD.UNLABELED.SCORE_THRESH", "0.001",
+    ]
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0
+    report = json.load(open(out))
+    assert report["num_images"] == 32 and report["num_unreadable"] == 0
+    assert report["relevant_share"] == 0.25 and 0.0 <= report["auc_score"] <= 1.0
+    assert [(r["temperature"], r["uniform_share"]) for r in report["sampling"]] == [(0.5, 0.2), (1.0, 0.2)]
+    assert all(s > 0 for s in report["scores"])  # a random head still gives every image some mass
+    assert os.path.isfile(tmp_path / "run" / "unlabeled_scores.json")
+    assert "Scores vs relevance: ROC AUC" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(argv) == 0  # second run: everything from the cache
+    assert "0 scored now, 32 from the cache" in caplog.text

@@ -1,0 +1,133 @@
+#!/usr/bin/env python
+"""Score an unlabeled pool with a teacher and show how preferential sampling would draw it.
+
+The teacher is the one of an MGD config (MGD.TEACHER.CONFIG_FILE / WEIGHTS), or a plain
+detector config with MODEL.WEIGHTS. Scores go to the cache (MGD.UNLABELED.SCORE_CACHE, else
+OUTPUT_DIR/unlabeled_scores.json), so training with the same teacher reuses them. With the
+relevance ground truth (automatic for the bundled pools) it reports how well the scores
+separate relevant images (ROC AUC) and, per temperature T and uniform share u, the expected
+precision of sampling against the relevant share of the pool:
+
+    python tools/score_unlabeled.py --config-file configs/mini_digits/mgd_retinanet_R50_R18_AMP.yaml \\
+        --dataset mini_digits_pool --temperatures 0.25,0.5,1,2 --uniform-shares 0,0.2
+    python tools/score_unlabeled.py --config-file CONFIG --dataset folder:/data/crawl MGD.TEACHER.WEIGHTS T.pth
+"""
+import argparse
+import json
+import logging
+import math
+import os
+import sys
+from typing import Dict, List, Optional
+
+import numpy as np
+from scipy.stats import rankdata
+from tabulate import tabulate
+
+logger = logging.getLogger("score_unlabeled")
+
+
+def roc_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
+    """P(score of a relevant image > score of an irrelevant one), ties counting half."""
+    pos, neg = int(relevant.sum()), int((~relevant).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    ranks = rankdata(scores)
+    return float((ranks[relevant].sum() - pos * (pos + 1) / 2) / (pos * neg))
+
+
+def _floats(text: str) -> List[float]:
+    return [float(v) for v in text.split(",") if v.strip()]
+
+
+def _teacher(cfg):
+    """(teacher module, teacher config) of an MGD config, or of a plain detector config."""
+    if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+        from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg
+
+        teacher_cfg = build_teacher_cfg(cfg)
+        return build_teacher(cfg, teacher_cfg=teacher_cfg), teacher_cfg
+    from detectron2.checkpoint import DetectionCheckpointer
+    from detectron2.modeling import build_model
+
+    if not cfg.MODEL.WEIGHTS:
+        raise ValueError("MODEL.WEIGHTS is empty: give the trained detector's checkpoint to score with.")
+    model = build_model(cfg)
+    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    return model.eval(), cfg
+
+
+def _relevance(args, dataset: str, dicts) -> Optional[np.ndarray]:
+    from mgd_det.data.pool import POOL_SPECS, load_relevance, relevance_flags, relevance_path
+
+    path = args.relevance or (relevance_path(dataset) if dataset in POOL_SPECS else None)
+    if not path:
+        return None
+    return relevance_flags(dicts, load_relevance(path))
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config-file", required=True, help="MGD config (its teacher) or a plain detector config")
+    parser.add_argument("--dataset", required=True, help="unlabeled set: a registered name or folder:PATH")
+    parser.add_argument("--relevance", default="", help="relevance JSON (default: the bundled pool's, if any)")
+    parser.add_argument("--temperatures", type=_floats, default=[0.25, 0.5, 1.0, 2.0])
+    parser.add_argument("--uniform-shares", type=_floats, default=[0.0, 0.2])
+    parser.add_argument("--out", default="", help="write scores and statistics to this JSON file")
+    parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+
+    from detectron2.data import DatasetCatalog
+
+    from mgd_det.config import setup_cfg
+    from mgd_det.data.preferential_sampler import distribution_stats, sampling_probabilities
+    from mgd_det.data.unlabeled import FOLDER_PREFIX, register_image_folder, register_unlabeled_from_cfg
+    from mgd_det.data.unlabeled_cfg import check_unlabeled_cfg, score_unlabeled_from_cfg
+
+    cfg = setup_cfg(args.config_file, args.opts)
+    check_unlabeled_cfg(cfg)
+    register_unlabeled_from_cfg(cfg)
+    if args.dataset.startswith(FOLDER_PREFIX):
+        register_image_folder(args.dataset, args.dataset[len(FOLDER_PREFIX) :])
+    dicts = DatasetCatalog.get(args.dataset)
+    teacher, teacher_cfg = _teacher(cfg)
+    result = score_unlabeled_from_cfg(cfg, teacher, teacher_cfg, dicts)
+    relevant = _relevance(args, args.dataset, dicts)
+
+    report: Dict = {"dataset": args.dataset, "num_images": len(dicts), "num_unreadable": int((~result.readable).sum())}
+    if relevant is not None:
+        ok = result.readable
+        report["relevant_share"] = float(relevant[ok].mean())
+        report["auc_score"] = roc_auc(result.scores[ok], relevant[ok])
+        report["auc_max_score"] = roc_auc(result.max_scores[ok], relevant[ok])
+        report["mean_score_relevant"] = float(result.scores[ok & relevant].mean()) if (ok & relevant).any() else math.nan
+        report["mean_score_other"] = float(result.scores[ok & ~relevant].mean()) if (ok & ~relevant).any() else math.nan
+        logger.info(
+            "Scores vs relevance: ROC AUC %.3f (max score: %.3f); mean score %.3f relevant vs %.3f other; "
+            "relevant share of the pool %.3f",
+            report["auc_score"], report["auc_max_score"], report["mean_score_relevant"],
+            report["mean_score_other"], report["relevant_share"],
+        )
+    rows = []
+    u = cfg.MGD.UNLABELED
+    for temperature in args.temperatures:
+        for share in args.uniform_shares:
+            p = sampling_probabilities(result.scores, temperature, share, u.SCORE_EPS)
+            rows.append({"temperature": temperature, "uniform_share": share,
+                         **distribution_stats(p, result.scores, relevant)})
+    report["sampling"] = rows
+    logger.info("Sampling distributions (eps %g):\n%s", u.SCORE_EPS,
+                tabulate([list(r.values()) for r in rows], headers=list(rows[0].keys()), floatfmt=".3f"))
+    if args.out:
+        report["scores"] = [None if math.isnan(s) else float(s) for s in result.scores]
+        report["image_ids"] = [d["image_id"] for d in dicts]
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+        with open(args.out, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=1)
+        logger.info("Wrote %s", args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
