@@ -3,11 +3,11 @@
 Call :func:`add_mgd_config` on a fresh ``get_cfg()`` before merging a config file; the
 helper :func:`get_mgd_cfg` does both.
 """
-import os
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from mgd_det.config_paths import merge_config, resolve_path_key
 from mgd_det.device import AUTO, resolve_cfg_device
 
 
@@ -83,6 +83,11 @@ def add_mgd_config(cfg: CN) -> CN:
     # Wrap the student in DDP with find_unused_parameters (only if your model needs it).
     cfg.MGD.FIND_UNUSED_PARAMETERS = False
 
+    # Your own COCO-format data sets, registered before training: "NAME:ANNOTATIONS.json:IMAGE_DIR"
+    # each (relative paths: from the working directory), e.g. ("my_train:d/train.json:d/images",).
+    # Use the names in DATASETS.TRAIN / TEST; see datasets/README.md.
+    cfg.DATASETS.COCO_SETS = ()
+
     cfg.MGD.UNLABELED = CN()
     # Unlabeled image folders, "NAME:PATH" each (searched recursively; PNG/JPEG/BMP/WebP/TIFF),
     # registered as data sets NAME; a "folder:PATH" name in DATASETS.TRAIN works too.
@@ -115,35 +120,22 @@ def get_mgd_cfg() -> CN:
     return add_mgd_config(get_cfg())
 
 
-def _resolve(path: str, config_dir: str) -> str:
-    """``path`` as given if it exists (or is absolute), else relative to the config's folder."""
-    if not path or os.path.isabs(path) or os.path.exists(path):
-        return path
-    candidate = os.path.join(config_dir, path)
-    return candidate if os.path.exists(candidate) else path
-
-
 def setup_cfg(config_file: str, opts=()) -> CN:
     """Default config + MGD keys + ``config_file`` + ``opts``; teacher paths made usable.
 
-    Teacher config/weights paths may be written relative to the working directory or to
-    the folder of ``config_file``. Unknown keys raise Detectron2's KeyError, re-raised with
-    the file name so the user knows where to look. ``MODEL.DEVICE`` left unset becomes
-    "cuda" when available, else "cpu" (logged); an explicit value wins (ValueError if unusable).
+    A relative MGD.TEACHER.CONFIG_FILE / WEIGHTS is read from the folder of the config file
+    that sets it (a ``_BASE_`` file's own folder when set there; the working directory when
+    set on the command line), then from the working directory and the folder of
+    ``config_file`` (see mgd_det/config_paths.py). Unknown keys, type mismatches and missing
+    files raise :mod:`mgd_det.errors` exceptions naming the key or file. ``MODEL.DEVICE``
+    left unset becomes "cuda" when available, else "cpu" (logged); an explicit value wins
+    (ValueError if unusable).
     """
     cfg = get_mgd_cfg()
-    if not os.path.isfile(config_file):
-        raise FileNotFoundError(f"Config file not found: {config_file}")
-    try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
-    except (KeyError, AssertionError) as err:  # yacs reports unknown keys either way
-        raise KeyError(
-            f"{err.args[0] if err.args else err} (while reading {config_file} and command-line "
-            "options). Check the spelling; every MGD key is declared in mgd_det/config.py."
-        ) from err
-    config_dir = os.path.dirname(os.path.abspath(config_file))
-    cfg.MGD.TEACHER.CONFIG_FILE = _resolve(cfg.MGD.TEACHER.CONFIG_FILE, config_dir)
-    cfg.MGD.TEACHER.WEIGHTS = _resolve(cfg.MGD.TEACHER.WEIGHTS, config_dir)
+    merge_config(cfg, config_file, opts)
+    resolve_path_key(cfg, "MGD.TEACHER.CONFIG_FILE", config_file, opts, missing_from="origin")
+    # A missing teacher checkpoint is usually one its run will write under OUTPUT_DIR, which
+    # Detectron2 reads from the working directory.
+    resolve_path_key(cfg, "MGD.TEACHER.WEIGHTS", config_file, opts, missing_from="cwd")
     resolve_cfg_device(cfg)
     return cfg
