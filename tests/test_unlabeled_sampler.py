@@ -138,6 +138,8 @@ def test_exact_resume_with_rescoring(world_size):
         resumed.set_scores(later_scores, start=300)
         part2 = _draw(resumed, M)
         assert np.array_equal(np.concatenate([part1, part2]), uninterrupted)
+        assert np.array_equal(full.indices(0, N + M), uninterrupted)  # replayable afterwards
+        assert np.array_equal(resumed.indices(N, N + M), part2)
         # the rescored distribution is in effect where it should be
         assert np.allclose(resumed.probabilities(200), sampling_probabilities(new_scores, 0.5, 0.1, 0.01))
 

@@ -247,6 +247,14 @@ class PreferentialSampler(Sampler):
             self._block_key = (seg.index, block)
         return int(self._block[within])
 
+    def indices(self, start: int, stop: int) -> np.ndarray:
+        """This rank's indices at per-rank positions [start, stop), as the iterator yields them.
+
+        A pure function of the seed and the scores held, e.g. to measure after training which
+        images were drawn (:func:`sampling_precision`) without recording them during it.
+        """
+        return np.array([self._draw(n * self.world_size + self.rank) for n in range(start, stop)], dtype=np.int64)
+
     def __iter__(self):
         position = self.num_consumed
         self._live_position = position
