@@ -14,10 +14,10 @@ The modules are small and independent:
 
 ``tools/benchmark.py`` is the command line.
 """
-from mgd_det.benchmark.report import markdown_report
-from mgd_det.benchmark.stats import interleaved_times, profile_table, ratio_summary, summarize
-from mgd_det.benchmark.step import measure_step_overhead
-from mgd_det.benchmark.update import (
+from benchmarks.report import markdown_report
+from benchmarks.stats import interleaved_times, profile_table, ratio_summary, summarize
+from benchmarks.step import measure_step_overhead
+from benchmarks.update import (
     load_assignment_npz,
     measure_solver,
     measure_update_cost,

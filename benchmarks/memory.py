@@ -1,6 +1,6 @@
 """Item 3: peak resident memory of MGD training vs student training + teacher inference.
 
-Each configuration runs in its own fresh interpreter (``python -m mgd_det.benchmark.memory``)
+Each configuration runs in its own fresh interpreter (``python -m benchmarks.memory``)
 so that peak RSS (``getrusage(RUSAGE_SELF).ru_maxrss``) belongs to that configuration only:
 
 * ``mgd``: the MGD wrapper (student + frozen teacher + distiller) doing training steps;
@@ -51,7 +51,7 @@ def _worker(role: str, config: str, opts: List[str], batch_size: int, image_size
     """Build one configuration and train it for ``steps`` steps; memory figures in MiB."""
     import torch
 
-    from mgd_det.benchmark.workloads import (
+    from benchmarks.workloads import (
         TrainStep,
         bare_backbone_forward,
         benchmark_cfg,
@@ -96,13 +96,13 @@ def run_worker(role: str, config: str, opts: Sequence[str], batch_size: int, ima
     with tempfile.TemporaryDirectory() as tmp:
         out = os.path.join(tmp, "memory.json")
         cmd = [
-            sys.executable, "-m", "mgd_det.benchmark.memory", "--role", role, "--config", config,
+            sys.executable, "-m", "benchmarks.memory", "--role", role, "--config", config,
             "--batch-size", str(batch_size), "--image-size", str(image_size), "--steps", str(steps),
             "--teacher-weights", teacher_weights, "--out", out, "--opts", *opts,
         ]
         env = dict(os.environ)
-        package_root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, env.get("PYTHONPATH", "")]))
+        repo_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # benchmarks/ lives there
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [repo_root, env.get("PYTHONPATH", "")]))
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
             raise RuntimeError(f"memory worker {role} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
@@ -112,7 +112,7 @@ def run_worker(role: str, config: str, opts: Sequence[str], batch_size: int, ima
 
 def measure_memory(config: str, opts: Sequence[str], batch_size: int, image_size: int, steps: int, reps: int, teacher_weights: str = "") -> Dict[str, object]:
     """Peak RSS of ``mgd`` ÷ ``baseline``, ``reps`` alternating pairs of fresh processes."""
-    from mgd_det.benchmark.stats import ratio_summary, summarize
+    from benchmarks.stats import ratio_summary, summarize
 
     runs: Dict[str, List[Dict[str, float]]] = {role: [] for role in ROLES}
     for rep in range(reps):

@@ -5,8 +5,8 @@ from typing import Dict
 import torch
 from detectron2.config import CfgNode
 
-from mgd_det.benchmark.stats import interleaved_times, profile_table, ratio_summary, summarize
-from mgd_det.benchmark.workloads import (
+from benchmarks.stats import interleaved_times, profile_table, ratio_summary, summarize
+from benchmarks.workloads import (
     TrainStep,
     bare_backbone_forward,
     build_models,

@@ -6,8 +6,8 @@ from typing import Callable, Dict, List, Mapping, Sequence
 import numpy as np
 import torch
 
-from mgd_det.benchmark.stats import interleaved_times, profile_table, ratio_summary, summarize
-from mgd_det.benchmark.workloads import bare_backbone_forward, teacher_divisibility
+from benchmarks.stats import interleaved_times, profile_table, ratio_summary, summarize
+from benchmarks.workloads import bare_backbone_forward, teacher_divisibility
 from mgd_det.matching.assignment import group_size, solve_assignment
 
 logger = logging.getLogger(__name__)
@@ -56,7 +56,7 @@ def measure_update_cost(
     saved there (see :func:`save_assignment_npz`).
     """
     distiller = mgd.distiller
-    positions = list(distiller.position_names)
+    positions = list(distiller.matchers)  # one assignment per matcher, e.g. "res3_g4"
     record = {"solve_seconds": [], "before": None, "after": None, "stats": None}
 
     def update_arm(rep):
@@ -73,7 +73,7 @@ def measure_update_cost(
         reps,
         warmup,
     )
-    costs = {p: distiller.trackers[p].mean_cost().cpu() for p in positions}
+    costs = {p: distiller.matchers[p].tracker.mean_cost().cpu() for p in positions}
     after = {p: distiller.assignment(p).clone() for p in positions}
     if npz_path:
         save_assignment_npz(npz_path, costs, record["before"], after)

@@ -1,11 +1,19 @@
 """Matching Guided Distillation for object detectors, as a Detectron2 extension.
 
-Importing the package registers its Detectron2 components: the ``MGDDistiller``
-meta-architecture and the bundled mini digits data sets.
+Importing ``mgd_det`` (or its Detectron2-free core ``mgd_det.matching``) does not import
+Detectron2. The Detectron2 side registers itself when it is imported: ``mgd_det.config``,
+``mgd_det.modeling`` (the ``MGDDistiller`` meta-architecture), ``mgd_det.data`` (the
+bundled data sets) and ``mgd_det.engine`` (the trainer) each make sure of that.
 """
-from mgd_det.config import add_mgd_config, get_mgd_cfg
-from mgd_det import data  # noqa: F401  (registers data sets)
-from mgd_det import modeling  # noqa: F401  (registers MGDDistiller)
 
 __version__ = "0.1.0"
 __all__ = ["add_mgd_config", "get_mgd_cfg"]
+
+
+def __getattr__(name):
+    # The config helpers need Detectron2: imported on first use, not with the package.
+    if name in __all__:
+        from mgd_det import config
+
+        return getattr(config, name)
+    raise AttributeError(f"module 'mgd_det' has no attribute {name!r}")

@@ -7,6 +7,8 @@ helper :func:`get_mgd_cfg` does both.
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
+from mgd_det import data as _data  # noqa: F401  (registers the bundled data sets)
+from mgd_det import modeling as _modeling  # noqa: F401  (registers MGDDistiller)
 from mgd_det.config_paths import merge_config, resolve_path_key
 from mgd_det.device import AUTO, resolve_cfg_device
 
@@ -35,11 +37,15 @@ def add_mgd_config(cfg: CN) -> CN:
     # Distillation positions, by Detectron2 names: "res2".."res5" (last block of each
     # ResNet stage, taken before its final ReLU) and FPN outputs "p2".."p7".
     cfg.MGD.POSITIONS = ["res2", "res3", "res4", "res5"]
-    # Loss factor per position (same order as POSITIONS). The original detection code used
-    # 1/5e7, 1/5e7, 1/5e6, 1/5e6 for res2..res5 with a summed (not averaged) L2 loss.
+    # Loss factor per position (same order as POSITIONS): the weight of each MGD pathway,
+    # applied to its summed partial L2 loss divided by the images of the local batch. With
+    # data-parallel gradient averaging that is the loss per image over the images of all
+    # processes, so a factor means the same on 1 or 64 GPUs. The original detection code
+    # divided by 5e7, 5e7, 5e6, 5e6 (res2..res5) and by the *global* batch on each of its 8
+    # GPUs before DDP averaged: its effective factors were 1/(8 * 5e7) etc. at 8 GPUs.
     cfg.MGD.FACTORS = [2e-8, 2e-8, 2e-7, 2e-7]
-    # Channel reducer: "AMP" (absolute max pooling, paper default), "RD" (random drop),
-    # "SP" (simple max pooling) or "SM" (sparse matching, one teacher channel each).
+    # Channel reducer of the common case: "AMP" (absolute max pooling, paper default), "RD"
+    # (random drop), "SP" (simple max pooling) or "SM" (sparse matching, one teacher channel each).
     cfg.MGD.REDUCER = "AMP"
     # Norm layer applied to student features inside the distillation branch only:
     # "BN", "SyncBN", "GN" or "none". GN suits small per-GPU detection batches.
@@ -49,10 +55,19 @@ def add_mgd_config(cfg: CN) -> CN:
     # Let several student channels share one teacher channel when the student is wider
     # than the teacher (only with REDUCER "SM"). Off: such a pair is an error.
     cfg.MGD.ALLOW_CHANNEL_SHARING = False
-    # Global multiplier of all distillation losses (0 disables them, keeping the wrapper).
+    # Explicit pathways, replacing POSITIONS / FACTORS / REDUCER / KD.ENABLED when non-empty:
+    # "[NAME=]FAMILY[:POSITION][:FACTOR]" each, e.g. ["AMP:res4:2e-6", "SM:res4:1e-6",
+    # "PKD:p3:1.0", "KD:1.0"]. Families: SM / RD / AMP / SP (MGD, matched channels), PKD
+    # (standardised feature L2, no matching), KD (head logits), BOX (head box deltas).
+    # Default names: family_position in lower case ("amp_res4", "kd"); losses are
+    # "loss_<name>". MGD pathways sharing a position and group size share one matching.
+    cfg.MGD.PATHWAYS = []
+    # Multiplier of every pathway's factor, KD included (0 disables the distillation losses,
+    # keeping the wrapper). Always taken from the config, never from a checkpoint.
     cfg.MGD.LOSS_WEIGHT = 1.0
-    # Loss weighting per pathway, by name in mgd_det.modeling.weighting's registry
-    # ("constant": LOSS_WEIGHT everywhere; learned weightings register themselves there).
+    # Loss weighting over the pathways, by name in mgd_det.modeling.weighting's registry:
+    # "constant" (factor x LOSS_WEIGHT each). A learned weighting keeps its own parameters,
+    # optimizer and checkpoint entry, outside the student's optimizer.
     cfg.MGD.WEIGHTING = "constant"
 
     cfg.MGD.UPDATE = CN()
@@ -69,10 +84,10 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.UPDATE.LOG_PERIOD = 5
 
     cfg.MGD.KD = CN()
-    # Add Hinton knowledge distillation on the classification logits of the heads
-    # (RetinaNet: sigmoid per anchor; R-CNN box head: softmax per proposal).
+    # Add Hinton knowledge distillation on the classification logits of the heads in the
+    # common case (dense RetinaNet heads: sigmoid per anchor and class; not R-CNN heads).
     cfg.MGD.KD.ENABLED = False
-    # Weight of the KD loss.
+    # Factor of the KD pathway (named "kd", loss "loss_kd") in the common case.
     cfg.MGD.KD.WEIGHT = 1.0
     # KD temperature (the original MGD used 1.5 for classification).
     cfg.MGD.KD.TEMPERATURE = 1.0

@@ -10,9 +10,13 @@
   ``tiny_teacher_weights``.
 """
 import os
+import sys
 
 import pytest
 import torch
+
+# benchmarks/ (experiment code beside the package, not installed) must be importable.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _tiny
 

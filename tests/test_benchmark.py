@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from mgd_det.benchmark import (
+from benchmarks import (
     interleaved_times,
     load_assignment_npz,
     measure_solver,
@@ -22,9 +22,9 @@ from mgd_det.benchmark import (
     save_assignment_npz,
     summarize,
 )
-from mgd_det.benchmark import memory
-from mgd_det.benchmark.memory import run_worker
-from mgd_det.benchmark.update import ortools_arc_loop_assignment, synthetic_costs
+from benchmarks import memory
+from benchmarks.memory import run_worker
+from benchmarks.update import ortools_arc_loop_assignment, synthetic_costs
 from mgd_det.matching.assignment import solve_assignment
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -101,7 +101,8 @@ def test_cli_writes_json_markdown_npz(quick_run):
     positive_finite_ratio(step["ratio_vs_student"])
     update = results["update"]
     positive_finite_ratio(update["ratio_update_vs_bare"])
-    assert set(update["last_update"]) == {"res2", "res3", "res4", "res5"}
+    # One assignment per matcher: R18 teacher -> R18 student, equal widths, G = 1.
+    assert set(update["last_update"]) == {"res2_g1", "res3_g1", "res4_g1", "res5_g1"}
     assert results["solver_cost_source"].startswith("tracked")
     assert all(item["same_optimum"] for item in results["solver"].values())
     positive_finite_ratio(results["solver"]["all"]["speedup"])
@@ -109,8 +110,8 @@ def test_cli_writes_json_markdown_npz(quick_run):
     for title in ("Step overhead", "Assignment update", "Solver"):
         assert f"### {title}" in markdown
     saved = load_assignment_npz(str(quick_run / "assignment.npz"))
-    assert list(saved) == ["res2", "res3", "res4", "res5"]
-    assert saved["res5"]["cost"].shape == (512, 512) and saved["res5"]["after"].shape == (512, 1)
+    assert list(saved) == ["res2_g1", "res3_g1", "res4_g1", "res5_g1"]
+    assert saved["res5_g1"]["cost"].shape == (512, 512) and saved["res5_g1"]["after"].shape == (512, 1)
 
 
 def test_cli_solver_on_saved_costs(quick_run, tmp_path):
@@ -118,7 +119,7 @@ def test_cli_solver_on_saved_costs(quick_run, tmp_path):
     argv = ["--out-dir", str(tmp_path), "--config-file", CONFIG, "--only", "solver", "--solver-costs", npz, *FAST_OPTS]
     results = tool("benchmark")["main"](argv)
     assert results["solver_cost_source"].endswith(npz)
-    assert set(results["solver"]) == {"res2", "res3", "res4", "res5", "all"}
+    assert set(results["solver"]) == {"res2_g1", "res3_g1", "res4_g1", "res5_g1", "all"}
     assert set(results["solver"]["res5"]["ortools_parts_seconds"]) == {"build", "solve"}
 
 
@@ -188,7 +189,7 @@ def test_plot_assignment_from_checkpoints(tmp_path):
     paths = []
     for name, assignment in (("old", before), ("new", after)):
         paths.append(str(tmp_path / f"{name}.pth"))
-        state = {f"distiller.assignment_{p}": a for p, a in assignment.items()}
+        state = {f"distiller.matchers.{p}.assignment": a for p, a in assignment.items()}
         torch.save({"model": {**state, "student.x": torch.zeros(1)}, "iteration": 1}, paths[-1])
     (written,) = tool("plot_assignment")["main"](["--checkpoints", *paths, "--out-dir", str(tmp_path)])
     assert_png(written)
@@ -223,7 +224,7 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
     import sys
 
     ballast = np.ones(1_500 * 2**20 // 8)  # 1.5 GiB, touched, resident in this process
-    code = "from mgd_det.benchmark.memory import _peak_rss_mb; print(_peak_rss_mb())"
+    code = "from benchmarks.memory import _peak_rss_mb; print(_peak_rss_mb())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert ballast[-1] == 1.0
     assert 0 < float(out) < 1_000, out

@@ -267,8 +267,8 @@ def test_loss_weighting_is_pluggable(tmp_path, weights):
     from mgd_det.modeling import LOSS_WEIGHTING_REGISTRY
 
     @LOSS_WEIGHTING_REGISTRY.register()
-    def only_res5(cfg, positions):
-        return ConstantWeighting({p: 1.0 if p == "res5" else 0.0 for p in positions})
+    def only_res5(cfg, specs):
+        return ConstantWeighting({s.name: 1.0 if s.position == "res5" else 0.0 for s in specs})
 
     cfg = mgd_cfg(tmp_path, weights, MGD_RETINA, "retinanet_R50_FPN.yaml", "MGD.WEIGHTING", "only_res5")
     losses = mgd_losses(build_model(cfg).train()(fixed_batch(cfg)))
@@ -280,10 +280,13 @@ def test_loss_weighting_is_pluggable(tmp_path, weights):
 def test_teacher_padding_is_cropped_but_a_stride_mismatch_is_not():
     """A teacher needing a coarser canvas (e.g. RetinaNet's 128 vs an R-CNN student's 32)
     sees extra bottom/right padding; only that explained difference is cropped away."""
+    from mgd_det.matching import Canvas, TeacherOutput
+
     student = {"res5": torch.zeros(1, 4, 6, 6), "res4": torch.zeros(1, 4, 12, 12)}
-    teacher = {"res5": torch.arange(64.0).view(1, 1, 8, 8).repeat(1, 8, 1, 1),
-               "res4": torch.zeros(1, 8, 32, 32),  # stride 8 where the student has 16
-               "_canvas": ((256, 256), (192, 192))}
-    cropped = MGDDistiller._crop_to_student(teacher, student)
+    teacher = TeacherOutput(
+        {"res5": torch.arange(64.0).view(1, 1, 8, 8).repeat(1, 8, 1, 1),
+         "res4": torch.zeros(1, 8, 32, 32)},  # stride 8 where the student has 16
+        canvas=Canvas((256, 256), (192, 192)))
+    cropped = teacher.features_for(student)
     assert cropped["res5"].shape[-2:] == (6, 6) and torch.equal(cropped["res5"][0, 0], torch.arange(64.0).view(8, 8)[:6, :6])
     assert cropped["res4"].shape[-2:] == (32, 32)  # left for the distiller to report

@@ -1,4 +1,5 @@
-"""MatchingDistiller: loss, checkpointing, assignment updates, no host sync, bad input."""
+"""MatchingDistiller (the MGD common case of PathwayDistiller): loss, checkpointing,
+assignment updates, no host sync, bad input."""
 
 import os
 
@@ -9,11 +10,18 @@ import torch.multiprocessing as mp
 from mgd_det.matching import (
     ConstantWeighting,
     MatchingDistiller,
+    NetOutputs,
     PositionSpec,
+    TeacherOutput,
     partial_l2_loss,
     reduce_teacher,
     solve_assignment,
 )
+
+
+def run(distiller, student, teacher):
+    """The distiller's losses for feature dicts (no head outputs)."""
+    return distiller(NetOutputs(student), TeacherOutput(teacher))
 
 POSITIONS = [PositionSpec("c2", 4, 8, factor=2.0), PositionSpec("c3", 3, 7)]
 
@@ -39,18 +47,20 @@ def margins():
 def test_buffers_and_defaults():
     d = MatchingDistiller(POSITIONS)
     assert not bool(d.assigned)
-    assert tuple(d.assignment_c2.shape) == (4, 2) and tuple(d.assignment_c3.shape) == (3, 2)
+    assert tuple(d.assignment("c2").shape) == (4, 2) and tuple(d.assignment("c3").shape) == (3, 2)
+    assert list(d.matchers) == ["c2_g2", "c3_g2"] and d.pathway_names == ("mgd_c2", "mgd_c3")
     keys = set(d.state_dict())
     for name in ("c2", "c3"):
         assert {
-            f"assignment_{name}",
-            f"margin_{name}",
-            f"margin_set_{name}",
-            f"norms.{name}.weight",
-            f"norms.{name}.running_mean",
+            f"matchers.{name}_g2.assignment",
+            f"matchers.{name}_g2.margin",
+            f"matchers.{name}_g2.margin_set",
+            f"pathways.mgd_{name}.norm.weight",
+            f"pathways.mgd_{name}.norm.running_mean",
         } <= keys
     assert "assigned" in keys
-    assert not any(k.startswith("trackers.") for k in keys), "tracker statistics are transient"
+    assert not any("tracker" in k for k in keys), "tracker statistics are transient"
+    assert not any(k.startswith("weighting.") for k in keys), "fixed weights come from the config"
 
 
 @pytest.mark.parametrize("reducer", ["AMP", "SP", "SM"])
@@ -58,41 +68,39 @@ def test_buffers_and_defaults():
 def test_loss_equals_manual_composition(reducer, norm):
     d = MatchingDistiller(POSITIONS, reducer=reducer, student_norm=norm)
     if norm == "GN":  # min(32, C) groups
-        assert d.norms["c2"].num_groups == 4 and d.norms["c3"].num_groups == 3
+        assert d.pathways["mgd_c2"].norm.num_groups == 4 and d.pathways["mgd_c3"].norm.num_groups == 3
     given = margins()
     d.set_margins({"c2": given["c2"], "c3": None})
     student, teacher = feats()
-    losses = d(student, teacher)
+    losses = run(d, student, teacher)
     assert set(losses) == {"loss_mgd_c2", "loss_mgd_c3"}
     for p in POSITIONS:
         margin = given[p.name] if p.name == "c2" else None
         target, m = reduce_teacher(teacher[p.name], d.assignment(p.name), margin, reducer)
-        expected = partial_l2_loss(d.norms[p.name](student[p.name]), target, m) * p.factor / 2
+        expected = partial_l2_loss(d.pathways[f"mgd_{p.name}"].norm(student[p.name]), target, m) * p.factor / 2
         assert torch.allclose(losses[f"loss_mgd_{p.name}"], expected, rtol=1e-5)
 
 
 def test_weighting_scales_losses():
     student, teacher = feats()
-    plain = MatchingDistiller(POSITIONS)(student, teacher)
-    weighted = MatchingDistiller(
-        POSITIONS, weighting=ConstantWeighting({"c2": 0.5, "c3": 3.0, "kd": 1.0})
-    )
-    got = weighted(student, teacher)
-    assert torch.allclose(got["loss_mgd_c2"], 0.5 * plain["loss_mgd_c2"])
+    plain = run(MatchingDistiller(POSITIONS), student, teacher)  # factors 2.0 and 1.0
+    weighted = MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 0.5, "mgd_c3": 3.0}))
+    got = run(weighted, student, teacher)
+    # The weighting is the only scale: it replaces the factors, it does not multiply them.
+    assert torch.allclose(got["loss_mgd_c2"], 0.25 * plain["loss_mgd_c2"])
     assert torch.allclose(got["loss_mgd_c3"], 3.0 * plain["loss_mgd_c3"])
-    assert "weighting.factors" in weighted.state_dict()
-    with pytest.raises(ValueError, match=r"no weight for positions \['c3'\]"):
-        MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"c2": 1.0}))
+    with pytest.raises(ValueError, match=r"no weight for pathways \['mgd_c3'\]"):
+        MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 1.0}))
 
 
 def test_gradient_reaches_student_only():
     d = MatchingDistiller(POSITIONS, reducer="RD")
     d.set_margins(margins())
     student, teacher = feats(requires_grad=True)
-    sum(d(student, teacher).values()).backward()
+    sum(run(d, student, teacher).values()).backward()
     assert all(s.grad is not None for s in student.values())
     assert all(t.grad is None for t in teacher.values())
-    assert d.norms["c2"].weight.grad is not None
+    assert d.pathways["mgd_c2"].norm.weight.grad is not None
 
 
 @pytest.mark.parametrize("reducer", ["AMP", "RD", "SP", "SM"])
@@ -103,7 +111,7 @@ def test_forward_backward_without_host_sync(reducer, norm):
         reducer=reducer,
         student_norm=norm,
         num_groups=1,
-        weighting=ConstantWeighting({"c2": 1.0, "c3": 2.0}),
+        weighting=ConstantWeighting({"mgd_c2": 1.0, "mgd_c3": 2.0}),
     )
     d.set_margins({"c2": margins()["c2"], "c3": None})
     student, teacher = feats(requires_grad=True)
@@ -111,7 +119,7 @@ def test_forward_backward_without_host_sync(reducer, norm):
     try:
         for name in ("item", "cpu", "numpy", "tolist", "__bool__", "__float__", "__int__"):
             mp_.setattr(torch.Tensor, name, _forbidden(name))
-        losses = d(student, teacher)
+        losses = run(d, student, teacher)
         sum(losses.values()).backward()
     finally:
         mp_.undo()
@@ -142,9 +150,9 @@ def test_state_dict_round_trip_reproduces_loss():
     d.start_tracking()
     d.track(student, teacher)
     d.finish_tracking()
-    d(student, teacher)  # move BN running statistics away from their defaults
+    run(d, student, teacher)  # move BN running statistics away from their defaults
     with torch.no_grad():
-        d.norms["c2"].weight.uniform_(0.5, 2.0)
+        d.pathways["mgd_c2"].norm.weight.uniform_(0.5, 2.0)
     fresh = MatchingDistiller(POSITIONS, reducer="AMP", student_norm="BN")
     fresh.load_state_dict(d.state_dict())
     d.eval()
@@ -152,7 +160,7 @@ def test_state_dict_round_trip_reproduces_loss():
     assert bool(fresh.assigned)
     for name in ("c2", "c3"):
         assert torch.equal(fresh.assignment(name), d.assignment(name))
-    a, b = d(student, teacher), fresh(student, teacher)
+    a, b = run(d, student, teacher), run(fresh, student, teacher)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
@@ -174,8 +182,8 @@ def test_finish_tracking_recovers_planted_assignment():
     d.start_tracking()
     d.track({"c2": student[:2]}, {"c2": teacher[:2]})
     d.track({"c2": student[2:]}, {"c2": teacher[2:]})
-    stats = d.finish_tracking()["c2"]
-    assert torch.equal(d.assignment_c2, expected)
+    stats = d.finish_tracking()["c2_g2"]
+    assert torch.equal(d.assignment("c2"), expected)
     assert stats["mean_matched_cost"] == pytest.approx(0.0, abs=1e-5)
     assert stats["num_changed"] == int(
         (expected != torch.tensor([[0, 4], [1, 5], [2, 6], [3, 7]])).any(1).sum()
@@ -184,7 +192,7 @@ def test_finish_tracking_recovers_planted_assignment():
     # Tracking again on the same data changes nothing.
     d.start_tracking()
     d.track({"c2": student}, {"c2": teacher})
-    assert d.finish_tracking()["c2"]["num_changed"] == 0
+    assert d.finish_tracking()["c2_g2"]["num_changed"] == 0
 
 
 def test_sparse_sharing_distiller():
@@ -195,11 +203,11 @@ def test_sparse_sharing_distiller():
     d.track({"p": s}, {"p": t})
     d.finish_tracking()
     assert torch.equal(
-        d.assignment_p,
-        solve_assignment(d.trackers["p"].mean_cost(), sparse=True, allow_sharing=True),
+        d.assignment("p"),
+        solve_assignment(d.matchers["p_g1"].tracker.mean_cost(), sparse=True, allow_sharing=True),
     )
-    assert torch.bincount(d.assignment_p.flatten(), minlength=3).max() <= 2
-    assert d({"p": s}, {"p": t})["loss_mgd_p"].shape == ()
+    assert torch.bincount(d.assignment("p").flatten(), minlength=3).max() <= 2
+    assert run(d, {"p": s}, {"p": t})["loss_mgd_p"].shape == ()
 
 
 @pytest.mark.parametrize(
@@ -209,9 +217,9 @@ def test_sparse_sharing_distiller():
         (dict(student_norm="LN"), "BN, SyncBN, GN, none"),
         (
             dict(positions=[PositionSpec("c5", 8, 4)]),
-            "more channels .* reducer='SM' with allow_sharing",
+            "more channels .* SM family with channel sharing",
         ),
-        (dict(positions=[PositionSpec("c5", 8, 4)], allow_sharing=True), "reducer='SM'"),
+        (dict(positions=[PositionSpec("c5", 8, 4)], allow_sharing=True), "SM family"),
         (
             dict(positions=[PositionSpec("c5", 6, 12)], student_norm="GN", num_groups=4),
             "does not divide 6",
@@ -234,17 +242,15 @@ def test_bad_position_spec():
 def test_bad_inputs():
     d = MatchingDistiller(POSITIONS)
     student, teacher = feats()
-    with pytest.raises(ValueError, match=r"missing \['c3'\], unexpected \[\]"):
-        d({"c2": student["c2"]}, teacher)
-    with pytest.raises(ValueError, match=r"teacher features .* unexpected \['c4'\]"):
-        d(student, {**teacher, "c4": teacher["c3"]})
-    with pytest.raises(ValueError, match="position 'c3': spatial sizes differ"):
-        d(student, {**teacher, "c3": teacher["c3"][:, :, :2]})
+    with pytest.raises(ValueError, match=r"student features lack position\(s\) \['c3'\]"):
+        run(d, {"c2": student["c2"]}, teacher)
+    with pytest.raises(ValueError, match="pathway 'mgd_c3': spatial sizes differ"):
+        run(d, student, {**teacher, "c3": teacher["c3"][:, :, :2]})
     with pytest.raises(ValueError, match="position 'c2': batch sizes differ"):
         d.track(student, {**teacher, "c2": teacher["c2"][:1]})
-    with pytest.raises(ValueError, match="position 'c2': expected 4 student and 8 teacher"):
-        d(student, {**teacher, "c2": teacher["c2"][:, :6]})
-    with pytest.raises(ValueError, match="unknown positions"):
+    with pytest.raises(ValueError, match="pathway 'mgd_c2': expected 4 student and 8 teacher"):
+        run(d, student, {**teacher, "c2": teacher["c2"][:, :6]})
+    with pytest.raises(ValueError, match=r"positions \['c9'\] that no matched pathway reads"):
         d.set_margins({"c9": None})
     with pytest.raises(ValueError, match=r"must have shape \(8,\)"):
         d.set_margins({"c2": torch.zeros(7)})
@@ -265,7 +271,7 @@ def test_non_finite_features_and_margins():
         d.finish_tracking()
     with pytest.raises(FloatingPointError, match="margins for position 'c2'"):
         d.set_margins({"c2": torch.full((8,), float("nan"))})
-    assert not bool(d.margin_set_c2)
+    assert not bool(d.matchers["c2_g2"].margin_set)
 
 
 def _distributed_worker(rank, world, init_file, out_dir):
@@ -281,7 +287,7 @@ def _distributed_worker(rank, world, init_file, out_dir):
         )  # each rank: its own images
         stats = d.finish_tracking()
         torch.save(
-            {"assignment": d.assignment_c2, "cost": d.trackers["c2"].mean_cost(), "stats": stats},
+            {"assignment": d.assignment("c2"), "cost": d.matchers["c2_g2"].tracker.mean_cost(), "stats": stats},
             os.path.join(out_dir, f"rank{rank}.pt"),
         )
     finally:
@@ -299,5 +305,5 @@ def test_distributed_all_reduce_and_broadcast(tmp_path):
     single.finish_tracking()
     for result in results:
         assert torch.equal(result["assignment"], expected)
-        assert torch.allclose(result["cost"], single.trackers["c2"].mean_cost(), atol=1e-6)
-    assert results[1]["stats"]["c2"]["solve_seconds"] == 0.0
+        assert torch.allclose(result["cost"], single.matchers["c2_g2"].tracker.mean_cost(), atol=1e-6)
+    assert results[1]["stats"]["c2_g2"]["solve_seconds"] == 0.0

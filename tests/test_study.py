@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from mgd_det.study import MODES, markdown_table, read_final_metrics, run_study, run_training, summarize
+from benchmarks.study import MODES, markdown_table, read_final_metrics, run_study, run_training, summarize
 
 
 def _write_run(folder, ap):
@@ -23,7 +23,7 @@ def test_reads_last_evaluation_and_reuses_finished_runs(tmp_path):
 def test_failed_training_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="run.log"):
         run_training(str(tmp_path / "missing.yaml"), str(tmp_path / "out"), [])
-    assert "Config file not found" in (tmp_path / "out" / "run.log").read_text()
+    assert "not found (--config-file)" in (tmp_path / "out" / "run.log").read_text()
 
 
 def test_summary_mean_std_and_table():

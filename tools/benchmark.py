@@ -8,7 +8,7 @@
 Writes ``results.json``, ``results.md`` (the tables of docs/BENCHMARKS.md) and
 ``assignment.npz`` (costs and assignments of the last two updates, for
 ``tools/plot_assignment.py``) into ``--out-dir``. Every figure is a ratio of workloads run
-interleaved in one process (memory: alternating fresh processes); see mgd_det/benchmark.
+interleaved in one process (memory: alternating fresh processes); see benchmarks.
 The teacher has random weights unless ``--teacher-weights`` is given: costs do not depend
 on the weights' values.
 """
@@ -19,21 +19,24 @@ import logging
 import os
 import sys
 
+# benchmarks/ (experiment code) sits beside the package and is not installed with it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 import torch
 
 import mgd_det  # noqa: F401  (registers the data sets and MGDDistiller)
-from mgd_det.benchmark import (
+from benchmarks import (
     load_assignment_npz,
     markdown_report,
     measure_solver,
     measure_step_overhead,
     measure_update_cost,
 )
-from mgd_det.benchmark.memory import measure_memory
-from mgd_det.benchmark.update import synthetic_costs
-from mgd_det.benchmark.workloads import DEFAULT_CONFIG, benchmark_cfg, build_models, environment, num_classes, synthetic_batch
+from benchmarks.memory import measure_memory
+from benchmarks.update import synthetic_costs
+from benchmarks.workloads import DEFAULT_CONFIG, benchmark_cfg, build_models, environment, num_classes, synthetic_batch
 
-logger = logging.getLogger("mgd_det.benchmark")
+logger = logging.getLogger("benchmarks")
 
 PARTS = ("step", "update", "solver", "memory")
 # Issue 6 settings (full) and a few-minute version of them (quick).
@@ -118,7 +121,7 @@ def run(args):
             measure_step_overhead(cfg, b, s, plan["reps"], plan["warmup"], args.teacher_weights) for b, s in plan["settings"]
         ]
         if args.profile:
-            from mgd_det.benchmark.step import profile_mgd_step
+            from benchmarks.step import profile_mgd_step
 
             b, s = plan["settings"][-1]
             with open(os.path.join(args.out_dir, "profile_step.txt"), "w") as f:
@@ -130,7 +133,7 @@ def run(args):
         update = measure_update_cost(mgd, sets, plan["update_reps"], min(plan["warmup"], 1), os.path.join(args.out_dir, "assignment.npz"))
         costs = update.pop("costs")
         if args.profile:
-            from mgd_det.benchmark.update import profile_update
+            from benchmarks.update import profile_update
 
             with open(os.path.join(args.out_dir, "profile_update.txt"), "w") as f:
                 f.write(profile_update(mgd, sets[0]))

@@ -11,10 +11,14 @@ Runs that already finished (model_final.pth + results in their folder) are reuse
 import argparse
 import logging
 import os
+import sys
+
+# benchmarks/ (experiment code) sits beside the package and is not installed with it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.utils.logger import setup_logger
 
-from mgd_det.study import MODES, STUDENTS, markdown_table, run_study
+from benchmarks.study import MODES, STUDENTS, markdown_table, run_study
 
 
 def main():

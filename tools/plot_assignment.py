@@ -4,11 +4,11 @@
 Inputs (either or both):
 
 * ``--npz FILE``: written by ``tools/benchmark.py`` (``<out-dir>/assignment.npz``) or by
-  ``mgd_det.benchmark.save_assignment_npz``; per position ``cost_<p>`` [Cs, Ct] (mean
+  ``benchmarks.save_assignment_npz``; per position ``cost_<p>`` [Cs, Ct] (mean
   matching cost of the last update), ``before_<p>`` / ``after_<p>`` [Cs, G] (teacher
   channels of every student channel before and after that update), and ``positions``.
 * ``--checkpoints OLD NEW``: two MGD checkpoints (``model_*.pth`` of tools/train_net.py);
-  their ``distiller.assignment_<p>`` buffers give the change between two updates of a real
+  their ``distiller.matchers.<key>.assignment`` buffers give the change between two updates of a real
   training run (checkpoints hold no costs: only the change picture is drawn).
 
 Writes into ``--out-dir``: ``assignment_cost.png`` (npz only: one heat map per position,
@@ -30,15 +30,16 @@ import numpy as np  # noqa: E402
 
 
 def load_checkpoint_assignments(path):
-    """{position: [Cs, G] array} from the ``distiller.assignment_<p>`` buffers of a checkpoint."""
+    """{matcher: [Cs, G] array} from the ``distiller.matchers.<key>.assignment`` buffers of a
+    checkpoint (one matcher per position and group size, e.g. ``res3_g4``)."""
     import torch
 
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("model", state)
-    prefix = "distiller.assignment_"
-    found = {k.split(prefix, 1)[1]: v.numpy() for k, v in state.items() if prefix in k}
+    prefix, suffix = "distiller.matchers.", ".assignment"
+    found = {k[len(prefix):-len(suffix)]: v.numpy() for k, v in state.items() if k.startswith(prefix) and k.endswith(suffix)}
     if not found:
-        raise SystemExit(f"{path}: no '{prefix}<position>' buffers; is it an MGD checkpoint?")
+        raise SystemExit(f"{path}: no '{prefix}<key>{suffix}' buffers; is it an MGD checkpoint?")
     return found
 
 
@@ -135,7 +136,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     written = []
     if args.npz:
-        from mgd_det.benchmark.update import load_assignment_npz
+        from benchmarks.update import load_assignment_npz
 
         positions = load_assignment_npz(args.npz)
         written.append(os.path.join(args.out_dir, "assignment_cost.png"))

@@ -1,31 +1,220 @@
-"""MatchingDistiller: per-position student norm, channel assignment, margins and MGD loss."""
+"""PathwayDistiller: every distillation pathway of a teacher/student pair, and one weighting.
 
+It owns the pathways (their student-side norms and connectors are trained with the student
+and dropped at inference), one :class:`~mgd_det.matching.matcher.ChannelMatcher` per
+(position, group size) shared by the matched pathways there, and the loss weighting.
+
+    distiller = PathwayDistiller([PathwaySpec("AMP", "c3", 2e-7), PathwaySpec("SM", "c3", 1e-7)],
+                                 channels={"c3": (128, 512)})
+    losses = distiller(NetOutputs(student_feats), TeacherOutput(teacher_feats))
+
+Matching is coordinate descent: ``start_tracking()``, ``track(...)`` on K batches with both
+nets in eval mode, then ``finish_tracking()``. The forward pass never synchronises with
+the device.
+"""
 from __future__ import annotations
 
 import logging
 import math
-import time
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
-from ._checks import check_feature_pair, check_finite, distributed_world_size
-from .assignment import default_assignment, matched_cost, solve_assignment
-from .cost import ChannelCostTracker
-from .loss import partial_l2_loss
-from .reducers import check_reducer, reduce_teacher
-from .weighting import LossWeighting
+from ._checks import check_finite
+from .assignment import group_size, solve_assignment
+from .background_solve import SolveJob
+from .matcher import ChannelMatcher, matcher_key
+from .outputs import NetOutputs, TeacherOutput
+from .pathways import (
+    MatchedFeaturePathway,
+    OutputBoxPathway,
+    OutputKDPathway,
+    Pathway,
+    PathwaySpec,
+    StandardizedFeaturePathway,
+    student_norm,
+)
+from .weighting import ConstantWeighting, LossWeighting
 
 logger = logging.getLogger(__name__)
 
-STUDENT_NORMS = ("BN", "SyncBN", "GN", "none")
+
+class PathwayDistiller(nn.Module):
+    """Distillation losses of all pathways, weighted by one :class:`LossWeighting`.
+
+    Args:
+        specs: the pathways (unique names).
+        channels: ``{position: (student channels, teacher channels)}`` for every position a
+            pathway reads.
+        student_norm: norm on student features in matched pathways: "BN", "SyncBN", "GN", "none".
+        num_groups: groups for "GN" (min(num_groups, Cs), must divide Cs).
+        allow_sharing: allow Cs > Ct with the SM family (teacher channels shared).
+        weighting: the loss weighting; default: constant, each pathway's ``factor``.
+        kd_temperature: temperature of the KD family.
+        num_classes: classes of the dense head (the BOX family reads per-class logits).
+    """
+
+    def __init__(
+        self,
+        specs: Sequence[PathwaySpec],
+        channels: Mapping[str, Tuple[int, int]],
+        student_norm: str = "BN",
+        num_groups: int = 32,
+        allow_sharing: bool = False,
+        weighting: Optional[LossWeighting] = None,
+        kd_temperature: float = 1.0,
+        num_classes: int = 0,
+    ):
+        super().__init__()
+        specs = list(specs)
+        if not specs:
+            raise ValueError("a distiller needs at least one pathway")
+        names = [s.name for s in specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"pathway names must be unique; {duplicates} appear more than once (name them: 'NAME=FAMILY:POSITION')")
+        self.specs = specs
+        self.matchers = nn.ModuleDict()
+        self.pathways = nn.ModuleDict()
+        for spec in specs:
+            self.pathways[spec.name] = self._build_pathway(
+                spec, channels, student_norm, num_groups, allow_sharing, kd_temperature, num_classes
+            )
+        self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})
+        missing = sorted(set(names) - set(self.weighting.names))
+        if missing:
+            raise ValueError(f"the loss weighting has no weight for pathways {missing}")
+        self.register_buffer("assigned", torch.zeros((), dtype=torch.bool))
+
+    def _build_pathway(self, spec, channels, norm_kind, num_groups, allow_sharing, kd_temperature, num_classes) -> Pathway:
+        if spec.family == "KD":
+            return OutputKDPathway(spec, kd_temperature)
+        if spec.family == "BOX":
+            if num_classes <= 0:
+                raise ValueError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
+            return OutputBoxPathway(spec, num_classes)
+        if spec.position not in channels:
+            raise ValueError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
+        cs, ct = channels[spec.position]
+        where = f"pathway {spec.name!r} (position {spec.position!r})"
+        if spec.family == "PKD":
+            return StandardizedFeaturePathway(spec, cs, ct)
+        sparse = spec.family == "SM"
+        if cs > ct and not (sparse and allow_sharing):
+            raise ValueError(
+                f"{where}: the student has more channels ({cs}) than the teacher ({ct}); only "
+                "the SM family with channel sharing (MGD.ALLOW_CHANNEL_SHARING) supports that"
+            )
+        key = matcher_key(spec.position, group_size(cs, ct, sparse, allow_sharing))
+        if key not in self.matchers:
+            self.matchers[key] = ChannelMatcher(spec.position, cs, ct, sparse, allow_sharing)
+        return MatchedFeaturePathway(spec, self.matchers[key], student_norm(norm_kind, cs, num_groups, where))
+
+    # ------------------------------------------------------------------ queries
+    @property
+    def pathway_names(self) -> Tuple[str, ...]:
+        return tuple(self.pathways)
+
+    @property
+    def positions(self) -> List[str]:
+        """Every feature position some pathway reads, in first-use order."""
+        return list(dict.fromkeys(s.position for s in self.specs if s.position))
+
+    @property
+    def needs_head(self) -> bool:
+        return any(s.family in ("KD", "BOX") for s in self.specs)
+
+    def matchers_at(self, position: str) -> List[ChannelMatcher]:
+        return [m for m in self.matchers.values() if m.position == position]
+
+    def assignment(self, position: str) -> torch.Tensor:
+        """The assignment at ``position`` (a matcher key like ``res4_g4`` also works)."""
+        if position in self.matchers:
+            return self.matchers[position].assignment
+        found = self.matchers_at(position)
+        if len(found) != 1:
+            raise KeyError(f"{len(found)} matchers at position {position!r}; ask by key: {list(self.matchers)}")
+        return found[0].assignment
+
+    # ------------------------------------------------------------------ margins
+    def set_margins(self, margins: Mapping[str, Optional[torch.Tensor]]) -> None:
+        """Per-teacher-channel margins by position; None means no margin (plain L2)."""
+        unknown = sorted(set(margins) - {m.position for m in self.matchers.values()})
+        if unknown:
+            raise ValueError(f"margins given for positions {unknown} that no matched pathway reads")
+        for matcher in self.matchers.values():
+            if matcher.position in margins:
+                matcher.set_margin(margins[matcher.position])
+
+    # ------------------------------------------------------------------ loss
+    def forward(self, student: NetOutputs, teacher: TeacherOutput) -> Dict[str, torch.Tensor]:
+        """``{"loss_<pathway>": weighted loss}`` for every pathway."""
+        self._check_positions(student.features, "student")
+        self._check_positions(teacher.features, "teacher")
+        teacher_features = teacher.features_for(student.features)
+        raw = {name: pathway(student, teacher, teacher_features) for name, pathway in self.pathways.items()}
+        return {f"loss_{name}": loss for name, loss in self.weighting(raw).items()}
+
+    def _check_positions(self, feats: Mapping[str, torch.Tensor], side: str) -> None:
+        missing = [p for p in self.positions if p not in feats]
+        if missing:
+            raise ValueError(f"{side} features lack position(s) {missing} read by the pathways; got {sorted(feats)}")
+
+    def check_finite(self, feats: Mapping[str, torch.Tensor], side: str = "") -> None:
+        """Raise FloatingPointError naming the first position with NaN/Inf (synchronises)."""
+        for name, feat in feats.items():
+            check_finite(feat, f"{side} features at position {name!r}".strip())
+
+    # ------------------------------------------------------------------ matching
+    def start_tracking(self) -> None:
+        for matcher in self.matchers.values():
+            matcher.start_tracking()
+
+    @torch.no_grad()
+    def track(self, student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[str, torch.Tensor]) -> None:
+        """Accumulate matching costs on raw (pre-ReLU, un-normalised) features of one batch."""
+        for matcher in self.matchers.values():
+            matcher.track(student_feats[matcher.position], teacher_feats[matcher.position])
+
+    def mean_costs(self) -> Dict[str, torch.Tensor]:
+        """All-reduced mean cost per matcher; every matcher validated before anything changes."""
+        return {key: matcher.mean_cost() for key, matcher in self.matchers.items()}
+
+    def solve_jobs(self, costs: Mapping[str, torch.Tensor]) -> Dict[str, SolveJob]:
+        """The host solve problems of an update, e.g. for a :class:`BackgroundSolver`."""
+        return {
+            key: SolveJob(cost.detach().cpu(), self.matchers[key].sparse, self.matchers[key].allow_sharing)
+            for key, cost in costs.items()
+        }
+
+    def install(
+        self, solved: Optional[Mapping[str, Tuple[torch.Tensor, float]]], costs: Mapping[str, torch.Tensor]
+    ) -> Dict[str, Dict[str, float]]:
+        """Install solved assignments (rank 0's ``{key: (assignment, seconds)}``; None on the
+        other ranks, which receive them by broadcast). Every rank calls it at the same point."""
+        stats = {}
+        for key, cost in costs.items():
+            proposal, seconds = solved[key] if solved is not None else (None, 0.0)
+            stats[key] = self.matchers[key].install(proposal, cost, seconds)
+        self.assigned.fill_(True)
+        return stats
+
+    def finish_tracking(self, solve_fn: Callable = solve_assignment) -> Dict[str, Dict[str, float]]:
+        """All-reduce the tracked costs, solve once per matcher, install the assignments.
+
+        Returns per matcher key {"mean_matched_cost", "num_changed", "solve_seconds"}.
+        """
+        costs = self.mean_costs()
+        stats = {key: self.matchers[key].solve(cost, solve_fn) for key, cost in costs.items()}
+        self.assigned.fill_(True)
+        return stats
 
 
 @dataclass
 class PositionSpec:
-    """One distillation position: a name (e.g. "c3") and the channel counts on each side."""
+    """One MGD position of the common case: a name and the channel counts on each side."""
 
     name: str
     student_channels: int
@@ -34,264 +223,43 @@ class PositionSpec:
 
     def __post_init__(self):
         if not self.name or not self.name.isidentifier():
-            raise ValueError(
-                f"position name {self.name!r} must be a non-empty identifier (it names buffers)"
-            )
+            raise ValueError(f"position name {self.name!r} must be a non-empty identifier (it names buffers)")
         if self.student_channels <= 0 or self.teacher_channels <= 0:
             raise ValueError(f"position {self.name!r}: channel counts must be positive")
         if not math.isfinite(self.factor):
             raise ValueError(f"position {self.name!r}: factor must be finite; got {self.factor}")
 
 
-def _student_norm(kind: str, channels: int, num_groups: int, name: str) -> nn.Module:
-    if kind == "BN":
-        return nn.BatchNorm2d(channels)
-    if kind == "SyncBN":
-        return nn.SyncBatchNorm(channels)
-    if kind == "GN":
-        groups = min(num_groups, channels)
-        if channels % groups:
-            raise ValueError(
-                f"position {name!r}: GroupNorm with {groups} groups does not divide {channels} "
-                "channels; change num_groups"
-            )
-        return nn.GroupNorm(groups, channels)
-    return nn.Identity()
+def mgd_pathway_specs(positions: Sequence[Tuple[str, float]], reducer: str) -> List[PathwaySpec]:
+    """The common case: one MGD pathway per position, named ``mgd_<position>``."""
+    return [PathwaySpec(reducer, name, factor, name=f"mgd_{name}") for name, factor in positions]
 
 
-class MatchingDistiller(nn.Module):
-    """Matching Guided Distillation over several feature positions.
+class MatchingDistiller(PathwayDistiller):
+    """MGD over several positions with one reducer: the common case, in one call.
 
-    Per position it owns the student-side norm layer (trained with the student, dropped at
-    inference), the current assignment ``assignment_<name>`` [Cs, G], teacher margins
-    ``margin_<name>`` [Ct] with the flag ``margin_set_<name>``, and a cost tracker. All of
-    them are buffers or sub-modules, so a checkpoint restores them; the trackers' buffers are
-    transient and not saved. ``assigned`` stays False until the first solve.
-
-    ``forward`` returns ``{"loss_mgd_<name>": factor * weight * loss / N}``, where loss is the
-    summed partial L2 loss of the normalised student features against the reduced teacher
-    target and N the batch size (the original code divided the sum by images per batch, so
-    its factors carry over). It never synchronises with the device.
-
-    The assignment is updated by coordinate descent: ``start_tracking()``, ``track(...)`` on K
-    batches with both nets in eval mode, then ``finish_tracking()``.
-
-    Args:
-        positions: the distillation positions.
-        reducer: one of REDUCERS; "SM" uses sparse (one-to-one) matching, the others the
-            dense assignment with G = Ct // Cs teacher channels per student channel.
-        student_norm: "BN", "SyncBN", "GN" or "none".
-        weighting: optional per-position weights (its names must cover the positions).
-        num_groups: groups for "GN" (min(num_groups, Cs), must divide Cs).
-        allow_sharing: allow Cs > Ct with reducer "SM" (teacher channels shared by at most
-            ceil(Cs / Ct) student channels).
+    Losses are ``loss_mgd_<position>``; each is ``factor * partial L2 / batch size``.
     """
 
     def __init__(
         self,
-        positions: List[PositionSpec],
+        positions: Sequence[PositionSpec],
         reducer: str = "AMP",
         student_norm: str = "BN",
-        weighting: Optional[LossWeighting] = None,
         num_groups: int = 32,
         allow_sharing: bool = False,
+        weighting: Optional[LossWeighting] = None,
     ):
-        super().__init__()
-        check_reducer(reducer)
-        if student_norm not in STUDENT_NORMS:
-            raise ValueError(
-                f"unknown student_norm {student_norm!r}; valid values are {', '.join(STUDENT_NORMS)}"
-            )
         if not positions:
             raise ValueError("MatchingDistiller needs at least one position")
         names = [p.name for p in positions]
         if len(set(names)) != len(names):
             raise ValueError(f"position names must be unique; got {names}")
-        if weighting is not None:
-            missing = sorted(set(names) - set(weighting.names))
-            if missing:
-                raise ValueError(f"the loss weighting has no weight for positions {missing}")
-        self.positions = {p.name: p for p in positions}
-        self.reducer = reducer
-        self.sparse = reducer == "SM"
-        self.allow_sharing = bool(allow_sharing)
-        self.weighting = weighting
-        self.norms = nn.ModuleDict()
-        self.trackers = nn.ModuleDict()
-        for p in positions:
-            cs, ct = p.student_channels, p.teacher_channels
-            if cs > ct and not (self.sparse and self.allow_sharing):
-                raise ValueError(
-                    f"position {p.name!r}: the student has more channels ({cs}) than the teacher "
-                    f"({ct}); only reducer='SM' with allow_sharing=True supports that"
-                )
-            self.norms[p.name] = _student_norm(student_norm, cs, num_groups, p.name)
-            self.trackers[p.name] = ChannelCostTracker(
-                cs, ct, persistent=False, name=f"position {p.name!r}"
-            )
-            self.register_buffer(
-                f"assignment_{p.name}", default_assignment(cs, ct, self.sparse, self.allow_sharing)
-            )
-            self.register_buffer(f"margin_{p.name}", torch.zeros(ct, dtype=torch.float32))
-            self.register_buffer(f"margin_set_{p.name}", torch.zeros((), dtype=torch.bool))
-        self.register_buffer("assigned", torch.zeros((), dtype=torch.bool))
-
-    @property
-    def position_names(self):
-        return tuple(self.positions)
-
-    def assignment(self, name: str) -> torch.Tensor:
-        return getattr(self, f"assignment_{name}")
-
-    def margin(self, name: str) -> torch.Tensor:
-        return getattr(self, f"margin_{name}")
-
-    # ---------------------------------------------------------------- validation helpers
-    def _check_keys(self, feats: Mapping[str, torch.Tensor], side: str) -> None:
-        missing = sorted(set(self.positions) - set(feats))
-        extra = sorted(set(feats) - set(self.positions))
-        if missing or extra:
-            raise ValueError(
-                f"{side} features must have exactly the positions {list(self.positions)}; "
-                f"missing {missing}, unexpected {extra}"
-            )
-
-    def _pairs(self, student_feats, teacher_feats):
-        """Validated (name, spec, student, teacher) per position; metadata checks only."""
-        self._check_keys(student_feats, "student")
-        self._check_keys(teacher_feats, "teacher")
-        for name, spec in self.positions.items():
-            s, t = student_feats[name], teacher_feats[name]
-            check_feature_pair(
-                s, t, spec.student_channels, spec.teacher_channels, f"position {name!r}"
-            )
-            yield name, spec, s, t
-
-    def check_finite(self, feats: Mapping[str, torch.Tensor], side: str = "") -> None:
-        """Raise FloatingPointError naming the first position with NaN/Inf features.
-
-        Synchronises with the device: optional, call it outside the hot path if wanted.
-        """
-        for name, feat in feats.items():
-            check_finite(feat, f"{side} features at position {name!r}".strip())
-
-    # ------------------------------------------------------------------------ margins
-    def set_margins(self, margins: Mapping[str, Optional[torch.Tensor]]) -> None:
-        """Set per-teacher-channel margins; None means no margin (plain L2) at that position.
-
-        Positions not in ``margins`` keep their current margins.
-        """
-        unknown = sorted(set(margins) - set(self.positions))
-        if unknown:
-            raise ValueError(
-                f"margins given for unknown positions {unknown}; known: {list(self.positions)}"
-            )
-        for name, value in margins.items():
-            buffer, flag = self.margin(name), getattr(self, f"margin_set_{name}")
-            if value is None:
-                buffer.zero_()
-                flag.fill_(False)
-                continue
-            if tuple(value.shape) != tuple(buffer.shape):
-                raise ValueError(
-                    f"margin for position {name!r} must have shape {tuple(buffer.shape)}; "
-                    f"got {tuple(value.shape)}"
-                )
-            check_finite(value, f"margins for position {name!r}")
-            buffer.copy_(value.detach())
-            flag.fill_(True)
-
-    # ------------------------------------------------------------------------ loss
-    def forward(
-        self, student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[str, torch.Tensor]
-    ) -> Dict[str, torch.Tensor]:
-        weights = self.weighting() if self.weighting is not None else {}
-        losses = {}
-        for name, spec, s, t in self._pairs(student_feats, teacher_feats):
-            target, margin = reduce_teacher(
-                t.detach(), self.assignment(name), self.margin(name), self.reducer
-            )
-            loss = partial_l2_loss(
-                self.norms[name](s), target, margin, getattr(self, f"margin_set_{name}")
-            )
-            loss = loss * (spec.factor / s.shape[0])
-            if name in weights:
-                loss = loss * weights[name]
-            losses[f"loss_mgd_{name}"] = loss
-        return losses
-
-    # ------------------------------------------------------------------------ matching
-    def start_tracking(self) -> None:
-        for tracker in self.trackers.values():
-            tracker.reset()
-
-    @torch.no_grad()
-    def track(
-        self, student_feats: Mapping[str, torch.Tensor], teacher_feats: Mapping[str, torch.Tensor]
-    ) -> None:
-        """Accumulate matching costs on raw (pre-ReLU, un-normalised) features of one batch."""
-        for name, _, s, t in self._pairs(student_feats, teacher_feats):
-            self.trackers[name].update(s, t)
-
-    def finish_tracking(self) -> Dict[str, Dict[str, float]]:
-        """All-reduce the tracked costs, solve and install the new assignments.
-
-        Returns per position {"mean_matched_cost", "num_changed", "solve_seconds"}.
-        """
-        for tracker in self.trackers.values():
-            tracker.all_reduce()
-        return self.solve_and_broadcast()
-
-    def solve_and_broadcast(
-        self, solve_fn: Callable = solve_assignment
-    ) -> Dict[str, Dict[str, float]]:
-        """Solve every position from the trackers' mean costs and update the assignments.
-
-        In a multi-process group only rank 0 solves; the result is broadcast so that all
-        ranks end with identical assignments (the trackers must hold all-reduced costs).
-        ``solve_seconds`` is 0 on the ranks that did not solve.
-        """
-        world = distributed_world_size()
-        solving = world == 1 or torch.distributed.get_rank() == 0
-        stats = {}
-        # All statistics are checked (tracked images, finiteness) before any assignment
-        # changes, so a failed update leaves every position as it was.
-        mean_costs = {name: self.trackers[name].mean_cost() for name in self.positions}
-        for name, spec in self.positions.items():
-            buffer = self.assignment(name)
-            mean_cost = mean_costs[name]
-            seconds = 0.0
-            if solving:
-                start = time.perf_counter()
-                new = solve_fn(mean_cost, sparse=self.sparse, allow_sharing=self.allow_sharing)
-                seconds = time.perf_counter() - start
-                new = new.to(buffer.device).contiguous()
-                if tuple(new.shape) != tuple(buffer.shape):
-                    raise RuntimeError(
-                        f"position {name!r}: solver returned shape {tuple(new.shape)}, "
-                        f"expected {tuple(buffer.shape)}"
-                    )
-            else:
-                # Contiguous on purpose: collectives move raw memory.
-                new = torch.empty(buffer.shape, dtype=buffer.dtype, device=buffer.device)
-            if world > 1:
-                torch.distributed.broadcast(new, src=0)
-            num_changed = int((new != buffer).any(dim=1).sum())
-            buffer.copy_(new)
-            stats[name] = {
-                "mean_matched_cost": matched_cost(mean_cost, buffer),
-                "num_changed": num_changed,
-                "solve_seconds": seconds,
-            }
-            logger.info(
-                "MGD assignment %s (%dx%d): matched cost %.4f, %d student channels changed, "
-                "solved in %.3fs",
-                name,
-                spec.student_channels,
-                spec.teacher_channels,
-                stats[name]["mean_matched_cost"],
-                num_changed,
-                seconds,
-            )
-        self.assigned.fill_(True)
-        return stats
+        super().__init__(
+            mgd_pathway_specs([(p.name, p.factor) for p in positions], reducer),
+            {p.name: (p.student_channels, p.teacher_channels) for p in positions},
+            student_norm=student_norm,
+            num_groups=num_groups,
+            allow_sharing=allow_sharing,
+            weighting=weighting,
+        )

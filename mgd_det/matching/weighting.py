@@ -1,5 +1,14 @@
-"""Pluggable per-pathway loss weighting (constant now; learned, e.g. DistPro, later)."""
+"""Loss weightings: how much each distillation pathway counts.
 
+One weighting sees every pathway's unweighted loss (feature pathways and output KD alike)
+and returns the weighted losses; this is the only place where a pathway's loss is scaled.
+
+- :class:`ConstantWeighting` -- fixed weights from the configuration. They are *not* part
+  of ``state_dict``: a value fixed in the config always wins over a checkpoint.
+- A learned weighting (DistPro, :mod:`mgd_det.matching.learned_weighting`) owns its logits,
+  their optimizer and its own checkpoint entry, outside the student's optimizer; the
+  configured factors are its scale reference.
+"""
 from __future__ import annotations
 
 import math
@@ -10,33 +19,47 @@ from torch import nn
 
 
 class LossWeighting(nn.Module):
-    """Base class: ``forward()`` returns one scalar weight tensor per pathway name.
+    """Base class: one scalar weight per pathway name; ``forward`` applies them.
 
-    Subclasses set ``self.names`` (the pathways they weight) and keep their state in
-    parameters/buffers so it is checkpointed with the model.
+    Subclasses set ``self.names`` (the pathways they weight, in a fixed order) and implement
+    :meth:`weights`.
     """
 
     names: Tuple[str, ...] = ()
 
-    def forward(self) -> Dict[str, torch.Tensor]:
+    def weights(self) -> Dict[str, torch.Tensor]:
         raise NotImplementedError
+
+    def forward(self, losses: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """``{name: losses[name] * weight[name]}`` for every pathway; the names must match."""
+        if set(losses) != set(self.names):
+            raise ValueError(
+                f"{type(self).__name__} weights pathways {sorted(self.names)} but got losses for "
+                f"{sorted(losses)}"
+            )
+        weights = self.weights()
+        return {name: losses[name] * weights[name] for name in self.names}
 
 
 class ConstantWeighting(LossWeighting):
-    """Fixed weights, e.g. ``ConstantWeighting({"c2": 1.0, "c3": 0.5})``."""
+    """Fixed weights, e.g. ``ConstantWeighting({"mgd_res2": 2e-7, "kd": 1.0})``.
 
-    def __init__(self, factors: Mapping[str, float]):
+    The weights live in a non-persistent buffer (they follow device moves but are never
+    saved), so loading a checkpoint cannot replace what the configuration says.
+    """
+
+    def __init__(self, weights: Mapping[str, float]):
         super().__init__()
-        if not factors:
+        if not weights:
             raise ValueError("ConstantWeighting needs at least one pathway weight")
-        bad = {name: value for name, value in factors.items() if not math.isfinite(float(value))}
+        bad = {n: w for n, w in weights.items() if not (math.isfinite(float(w)) and float(w) >= 0)}
         if bad:
-            raise ValueError(f"weights must be finite; got {bad}")
-        self.names = tuple(factors)
+            raise ValueError(f"pathway weights must be finite and >= 0; got {bad}")
+        self.names = tuple(weights)
         self.register_buffer(
-            "factors",
-            torch.tensor([float(factors[name]) for name in self.names], dtype=torch.float32),
+            "values", torch.tensor([float(weights[n]) for n in self.names], dtype=torch.float32),
+            persistent=False,
         )
 
-    def forward(self) -> Dict[str, torch.Tensor]:
-        return {name: self.factors[i] for i, name in enumerate(self.names)}
+    def weights(self) -> Dict[str, torch.Tensor]:
+        return {name: self.values[i] for i, name in enumerate(self.names)}

@@ -9,12 +9,13 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import ImageList
 from torch import nn
 
-from mgd_det.matching.distiller import MatchingDistiller, PositionSpec
-from mgd_det.matching.kd import hinton_kd_loss
+from mgd_det.matching.distiller import PathwayDistiller
 from mgd_det.matching.margins import margin_from_norm
+from mgd_det.matching.outputs import Canvas, TeacherOutput
 from mgd_det.modeling.feature_taps import FeatureTaps
+from mgd_det.modeling.student_pass import run_student
 from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
-from mgd_det.modeling.weighting import build_loss_weighting
+from mgd_det.modeling.weighting import build_loss_weighting, pathway_specs_from_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -54,9 +55,11 @@ def build_student(cfg: CfgNode) -> nn.Module:
 class MGDDistiller(nn.Module):
     """Wraps a student detector (``self.student``) and a frozen teacher.
 
-    Training returns the student's detection losses plus ``loss_mgd_<position>`` (and
-    ``loss_kd`` if enabled); inference returns the student's predictions, so Detectron2's
-    evaluators work unchanged.
+    Training step: teacher pass -> :class:`TeacherOutput`; student pass -> detection losses
+    of the labeled images and the student's tapped outputs; the :class:`PathwayDistiller`
+    turns both into one weighted loss per pathway (``loss_<pathway>``, e.g.
+    ``loss_mgd_res3``, ``loss_kd``). Inference returns the student's predictions, so
+    Detectron2's evaluators work unchanged.
 
     The teacher is deliberately *not* a registered sub-module: it stays out of
     ``state_dict`` (checkpoints hold the student and the distillation state only; the
@@ -66,13 +69,7 @@ class MGDDistiller(nn.Module):
 
     def __init__(self, cfg: CfgNode, teacher: Optional[nn.Module] = None):
         super().__init__()
-        positions = list(cfg.MGD.POSITIONS)
-        factors = list(cfg.MGD.FACTORS)
-        if len(factors) != len(positions):
-            raise ValueError(
-                f"MGD.FACTORS has {len(factors)} entries but MGD.POSITIONS has {len(positions)} "
-                f"({positions}); give one factor per position."
-            )
+        specs = pathway_specs_from_cfg(cfg)
         self.student = build_student(cfg)
         teacher_cfg = build_teacher_cfg(cfg)
         load_teacher = teacher is None
@@ -88,33 +85,26 @@ class MGDDistiller(nn.Module):
         if load_teacher:
             self.teacher_sha256.copy_(_digest_tensor(file_sha256(cfg.MGD.TEACHER.WEIGHTS)))
 
+        positions = list(dict.fromkeys(s.position for s in specs if s.position))
         self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
         self.teacher_taps = FeatureTaps(self._teacher.backbone, positions, "teacher")
-        specs = [
-            PositionSpec(
-                name=p,
-                student_channels=self.student_taps.channels(p),
-                teacher_channels=self.teacher_taps.channels(p),
-                factor=float(f),
-            )
-            for p, f in zip(positions, factors)
-        ]
-        self.distiller = MatchingDistiller(
+        self.needs_head = any(s.family in ("KD", "BOX") for s in specs)
+        if self.needs_head:
+            self._check_heads_compatible()
+        self.distiller = PathwayDistiller(
             specs,
-            reducer=cfg.MGD.REDUCER,
+            {p: (self.student_taps.channels(p), self.teacher_taps.channels(p)) for p in positions},
             student_norm=cfg.MGD.STUDENT_NORM,
-            weighting=build_loss_weighting(cfg, positions),
             num_groups=cfg.MGD.NORM_GROUPS,
             allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING,
+            weighting=build_loss_weighting(cfg, specs),
+            kd_temperature=cfg.MGD.KD.TEMPERATURE,
+            num_classes=getattr(self.student, "num_classes", 0),
         ).to(self.student.device)
-        self.kd_weight = cfg.MGD.KD.WEIGHT if cfg.MGD.KD.ENABLED else 0.0
-        # What the teacher runs each step: its ResNet alone unless an FPN position or KD reads
-        # more. Unregistered, like the teacher itself (not in state_dict, parameters or DDP).
+        # What the teacher runs each step: its ResNet alone unless an FPN position or a head
+        # pathway reads more. Unregistered, like the teacher itself.
         object.__setattr__(self, "_teacher_network",
-                           self._teacher.backbone if self.kd_weight else self.teacher_taps.smallest_network())
-        self.kd_temperature = cfg.MGD.KD.TEMPERATURE
-        if self.kd_weight:
-            self._check_kd_compatible()
+                           self._teacher.backbone if self.needs_head else self.teacher_taps.smallest_network())
         self.check_finite = False  # set by the hook on iterations that check features
         self.nonfinite_report: Optional[Dict[str, torch.Tensor]] = None
         self.refresh_margins()
@@ -144,28 +134,38 @@ class MGDDistiller(nn.Module):
     def refresh_margins(self) -> None:
         """Margins from the teacher's norm layers before each tapped ReLU (none for FPN)."""
         self.distiller.set_margins(
-            {p: margin_from_norm(self.teacher_taps.norm_before_relu(p)) for p in self.distiller_positions}
+            {m.position: margin_from_norm(self.teacher_taps.norm_before_relu(m.position))
+             for m in self.distiller.matchers.values()}
         )
 
     @property
     def distiller_positions(self) -> List[str]:
         return list(self.student_taps.positions)
 
-    def _check_kd_compatible(self) -> None:
+    def _check_heads_compatible(self) -> None:
         heads = [getattr(m, "head", None) for m in (self.student, self._teacher)]
         if not all(h is not None and hasattr(h, "cls_score") for h in heads):
             raise ValueError(
-                "MGD.KD.ENABLED needs dense (RetinaNet) heads on both teacher and student; "
-                "output KD for R-CNN heads is not supported. Disable MGD.KD or use RetinaNet."
+                "The KD and BOX pathways need dense (RetinaNet) heads on both teacher and student; "
+                "output distillation for R-CNN heads is not supported. Remove them from MGD.KD / "
+                "MGD.PATHWAYS or use RetinaNet."
             )
         shapes = [h.cls_score.out_channels for h in heads]
         if shapes[0] != shapes[1]:
             raise ValueError(
-                f"MGD.KD: student and teacher heads predict {shapes[0]} and {shapes[1]} logits per "
-                "location; they need the same classes and anchors per location."
+                f"KD/BOX pathways: student and teacher heads predict {shapes[0]} and {shapes[1]} "
+                "logits per location; they need the same classes and anchors per location."
             )
 
-    # ---------------------------------------------------------------- features
+    # ---------------------------------------------------------------- passes
+    def upload(self, batched_inputs) -> List[dict]:
+        """The batch with its images on the model's device: one copy, read by both nets."""
+        device = self.device
+        return [
+            dict(x, image=x["image"].to(device, non_blocking=True)) if x["image"].device != device else x
+            for x in batched_inputs
+        ]
+
     def _padded_size(self, batched_inputs) -> tuple:
         div = max(self.student.backbone.size_divisibility, 1)
         h = max(x["image"].shape[-2] for x in batched_inputs)
@@ -173,14 +173,15 @@ class MGDDistiller(nn.Module):
         return (math.ceil(h / div) * div, math.ceil(w / div) * div)
 
     @torch.no_grad()
-    def teacher_features(self, batched_inputs) -> Dict[str, torch.Tensor]:
-        """Teacher features once, on the student's padded canvas, no grad.
+    def teacher_pass(self, batched_inputs) -> TeacherOutput:
+        """The teacher's tapped features (and head outputs when a pathway reads them), no grad.
 
         Only what is read runs: the teacher's ResNet alone when every position is a ``resN``
-        and output KD is off, its whole backbone (with FPN) otherwise, plus its head for KD.
+        and no head pathway is used, its whole backbone (with FPN) otherwise, plus its head.
+        The images must already be on the device (see :meth:`upload`).
         """
         teacher = self._teacher
-        images = [teacher._move_to_current_device(x["image"]) for x in batched_inputs]
+        images = [x["image"] for x in batched_inputs]
         if self.flip_teacher_channels:
             images = [x.flip(0) for x in images]
         images = [(x - teacher.pixel_mean) / teacher.pixel_std for x in images]
@@ -188,75 +189,32 @@ class MGDDistiller(nn.Module):
         images = ImageList.from_tensors(images, div)
         with self.teacher_taps.capture() as feats:
             outputs = self._teacher_network(images.tensor)
-        feats["_canvas"] = (tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs))
-        if self.kd_weight:
-            feats["_head_logits"] = teacher.head([outputs[f] for f in teacher.head_in_features])[0]
-        return feats
-
-    @staticmethod
-    def _crop_to_student(teacher_feats, student_feats):
-        """Drop the teacher's extra bottom/right padding when it needed a coarser canvas.
-
-        Only a difference explained by padding is cropped: at a position of stride ``s`` the
-        teacher map must be ``ceil(teacher canvas / s)`` where ``s`` is the student's stride
-        there. Anything else (e.g. a dilated teacher stage) is left for the distiller to
-        report as a spatial mismatch.
-        """
-        teacher_canvas, student_canvas = teacher_feats.pop("_canvas")
-        for name, s in student_feats.items():
-            t = teacher_feats[name]
-            if t.shape[-2:] == s.shape[-2:]:
-                continue
-            expected = tuple(
-                math.ceil(tc * sf / sc) for tc, sf, sc in zip(teacher_canvas, s.shape[-2:], student_canvas)
-            )
-            if tuple(t.shape[-2:]) == expected:
-                teacher_feats[name] = t[..., : s.shape[-2], : s.shape[-1]]
-        return teacher_feats
+        result = TeacherOutput(
+            features=feats,
+            canvas=Canvas(tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs)),
+        )
+        if self.needs_head:
+            result.logits, result.box_deltas = teacher.head([outputs[f] for f in teacher.head_in_features])
+        return result
 
     # ---------------------------------------------------------------- forward
     def forward(self, batched_inputs):
         """Eval: the student's predictions. Training: detection + distillation losses.
 
-        Ground truth is optional: a training batch without ``instances`` (unlabeled images)
-        runs the student's backbone (and, with output KD, its head) only and returns the
-        distillation losses alone.
+        Ground truth is optional per image: unlabeled images contribute to the distillation
+        pathways only, labeled ones to the detection losses as well.
         """
         if not self.training:
             return self.student(batched_inputs)
-        labeled = all("instances" in x for x in batched_inputs)
-        teacher_feats = self.teacher_features(batched_inputs)
-        teacher_logits = teacher_feats.pop("_head_logits", None)
-        student_logits = []
-        hook = None
-        if self.kd_weight:
-            hook = self.student.head.register_forward_hook(lambda m, i, o: student_logits.extend(o[0]))
-        try:
-            with self.student_taps.capture() as student_feats:
-                losses = self.student(batched_inputs) if labeled else self._student_features_only(batched_inputs)
-        finally:
-            if hook is not None:
-                hook.remove()
-        teacher_feats = self._crop_to_student(teacher_feats, student_feats)
+        batched_inputs = self.upload(batched_inputs)
+        teacher_out = self.teacher_pass(batched_inputs)
+        losses, student_out = run_student(self.student, batched_inputs, self.student_taps, self.needs_head)
         if self.check_finite:
-            flags = self._nonfinite_flags(student_feats, teacher_feats)
+            flags = self._nonfinite_flags(student_out.features, teacher_out.features)
             previous = self.nonfinite_report or {}
             self.nonfinite_report = {k: v | previous[k] if k in previous else v for k, v in flags.items()}
-        losses.update(self.distiller(student_feats, teacher_feats))
-        if self.kd_weight:
-            losses["loss_kd"] = self.kd_weight * sum(
-                hinton_kd_loss(s, t, self.kd_temperature, kind="sigmoid")
-                for s, t in zip(student_logits, teacher_logits)
-            ) / len(student_logits)
+        losses.update(self.distiller(student_out, teacher_out))
         return losses
-
-    def _student_features_only(self, batched_inputs) -> Dict[str, torch.Tensor]:
-        """Label-free step: the student's backbone, plus its dense head if KD needs logits."""
-        images = self.student.preprocess_image(batched_inputs)
-        features = self.student.backbone(images.tensor)
-        if self.kd_weight:
-            self.student.head([features[f] for f in self.student.head_in_features])
-        return {}
 
     @staticmethod
     def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:
@@ -277,9 +235,9 @@ class MGDDistiller(nn.Module):
     @torch.no_grad()
     def track_batch(self, batched_inputs) -> None:
         """Accumulate matching costs for one batch; both nets must already be in eval mode."""
-        teacher_feats = self.teacher_features(batched_inputs)
-        teacher_feats.pop("_head_logits", None)
+        batched_inputs = self.upload(batched_inputs)
+        teacher_out = self.teacher_pass(batched_inputs)
         images = self.student.preprocess_image(batched_inputs)
         with self.student_taps.capture() as student_feats:
             self.student.backbone(images.tensor)
-        self.distiller.track(student_feats, self._crop_to_student(teacher_feats, student_feats))
+        self.distiller.track(student_feats, teacher_out.features_for(student_feats))

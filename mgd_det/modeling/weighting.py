@@ -1,34 +1,63 @@
-"""Registry of distillation loss weightings (how much each pathway counts).
+"""Registry of loss weightings (how much each distillation pathway counts), and the
+pathways a config asks for.
 
-The distiller multiplies each position's loss by its weight from a
-:class:`~mgd_det.matching.weighting.LossWeighting`. Which one is built is chosen by
-``MGD.WEIGHTING``; a learned weighting (e.g. DistPro's meta-learned per-pathway weights)
-registers a builder here and needs no change elsewhere.
+Which weighting is built is chosen by ``MGD.WEIGHTING``; a learned weighting (DistPro)
+registers a builder here and needs no change elsewhere. Builders take the config and the
+pathway specs and return a :class:`~mgd_det.matching.weighting.LossWeighting` over the
+pathway names.
 """
-from typing import Sequence
+import logging
+from typing import List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
+from mgd_det.matching.distiller import mgd_pathway_specs
+from mgd_det.matching.pathways import PathwaySpec, parse_pathway
 from mgd_det.matching.weighting import ConstantWeighting, LossWeighting
 
+logger = logging.getLogger(__name__)
+
 LOSS_WEIGHTING_REGISTRY = Registry("MGD_LOSS_WEIGHTING")
-LOSS_WEIGHTING_REGISTRY.__doc__ = "Builders (cfg, positions) -> LossWeighting, selected by MGD.WEIGHTING."
+LOSS_WEIGHTING_REGISTRY.__doc__ = "Builders (cfg, pathway specs) -> LossWeighting, selected by MGD.WEIGHTING."
+
+
+def pathway_specs_from_cfg(cfg: CfgNode) -> List[PathwaySpec]:
+    """MGD.PATHWAYS when given, else the common case: POSITIONS x REDUCER (+ KD)."""
+    mgd = cfg.MGD
+    if mgd.PATHWAYS:
+        if mgd.KD.ENABLED:
+            raise ValueError(
+                "MGD.KD.ENABLED is set together with MGD.PATHWAYS; add 'KD:<factor>' to "
+                "MGD.PATHWAYS instead and set MGD.KD.ENABLED False."
+            )
+        logger.info("MGD.PATHWAYS given: MGD.POSITIONS, FACTORS and REDUCER are not used")
+        return [parse_pathway(text) for text in mgd.PATHWAYS]
+    positions, factors = list(mgd.POSITIONS), list(mgd.FACTORS)
+    if len(factors) != len(positions):
+        raise ValueError(
+            f"MGD.FACTORS has {len(factors)} entries but MGD.POSITIONS has {len(positions)} "
+            f"({positions}); give one factor per position."
+        )
+    specs = mgd_pathway_specs(list(zip(positions, map(float, factors))), mgd.REDUCER)
+    if mgd.KD.ENABLED:
+        specs.append(PathwaySpec("KD", factor=float(mgd.KD.WEIGHT)))
+    return specs
 
 
 @LOSS_WEIGHTING_REGISTRY.register()
-def constant(cfg: CfgNode, positions: Sequence[str]) -> LossWeighting:
-    """MGD.LOSS_WEIGHT for every position (the per-position factors are MGD.FACTORS)."""
-    return ConstantWeighting({p: cfg.MGD.LOSS_WEIGHT for p in positions})
+def constant(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
+    """Each pathway's factor times MGD.LOSS_WEIGHT, fixed by the config."""
+    return ConstantWeighting({s.name: s.factor * cfg.MGD.LOSS_WEIGHT for s in specs})
 
 
-def build_loss_weighting(cfg: CfgNode, positions: Sequence[str]) -> LossWeighting:
+def build_loss_weighting(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
     name = cfg.MGD.WEIGHTING
     if name not in LOSS_WEIGHTING_REGISTRY:
         raise ValueError(
             f"Unknown MGD.WEIGHTING {name!r}; registered: {sorted(k for k, _ in LOSS_WEIGHTING_REGISTRY)}"
         )
-    weighting = LOSS_WEIGHTING_REGISTRY.get(name)(cfg, positions)
+    weighting = LOSS_WEIGHTING_REGISTRY.get(name)(cfg, specs)
     if not isinstance(weighting, LossWeighting):
         raise TypeError(f"MGD.WEIGHTING {name!r} built {type(weighting).__name__}, not a LossWeighting")
     return weighting
