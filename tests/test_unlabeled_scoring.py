@@ -147,3 +147,11 @@ def test_real_detector_scores_a_folder(folder, tmp_path):
     again = score_images(model, dicts, mapper, threshold=threshold, cache=ScoreCache(str(tmp_path / "s.json"), identity))
     assert calls == [4, 2]
     np.testing.assert_allclose(again.scores, result.scores)
+
+
+def test_parallel_decoding_gives_the_same_scores(folder):
+    dicts = load_image_folder(str(folder))
+    serial = score_images(StandIn(), dicts, _mapper(), batch_size=3, threshold=0.3)
+    parallel = score_images(StandIn(), dicts, _mapper(), batch_size=3, threshold=0.3, num_workers=2)
+    np.testing.assert_array_equal(serial.scores, parallel.scores)
+    np.testing.assert_array_equal(serial.readable, parallel.readable)

@@ -74,7 +74,6 @@ class ImageRecord:
 
 def _short_reason(err: BaseException) -> str:
     text = str(err).strip().splitlines()[0] if str(err).strip() else ""
-    text = text.replace(os.linesep, " ")
     if len(text) > 120:
         text = text[:117] + "..."
     return f"{type(err).__name__}: {text}" if text else type(err).__name__

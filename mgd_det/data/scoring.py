@@ -116,6 +116,7 @@ def score_images(
     log_period_s: float = 10.0,
     save_period_s: float = 60.0,
     score_fn: Optional[Callable[[Mapping, float], Dict[str, float]]] = None,
+    num_workers: int = 0,
 ) -> ImageScores:
     """Score every image of ``dataset_dicts`` with ``model`` (eval mode, no grad).
 
@@ -126,6 +127,8 @@ def score_images(
     the scores of unchanged files and receives the new ones; it is saved every
     ``save_period_s`` seconds and at the end, so an interrupted scoring pass resumes.
     ``score_fn(output, threshold)`` returns at least the keys "mass", "max" and "count".
+    ``num_workers`` > 0 decodes images in that many DataLoader workers (each with its own
+    copy of the mapper, hence its own warnings for bad files).
 
     Single process: in a multi-process run, score on one rank and broadcast the scores.
     """
@@ -145,7 +148,7 @@ def score_images(
             len(todo), num_cached, f" {cache.path}" if cache.path else "",
         )
         _score_missing(model, dataset_dicts, mapper, todo, keys, values, cache, batch_size, threshold,
-                       score_fn, log_period_s, save_period_s)
+                       score_fn, log_period_s, save_period_s, num_workers)
     cache.save()
     result = _collect(values, score_kind)
     result.num_computed, result.num_cached = len(todo), num_cached
@@ -164,19 +167,45 @@ def _map(mapper, dataset_dict: Dict) -> Optional[Dict]:
         return None
 
 
+class _MappedImages(torch.utils.data.Dataset):
+    """(position in ``todo``, mapped dict or None) for the images still to score."""
+
+    def __init__(self, dicts, todo, mapper):
+        self.dicts, self.todo, self.mapper = dicts, todo, mapper
+
+    def __len__(self):
+        return len(self.todo)
+
+    def __getitem__(self, k):
+        return self.todo[k], _map(self.mapper, self.dicts[self.todo[k]])
+
+
+def _batches(dicts, todo, mapper, batch_size: int, num_workers: int):
+    """Lists of (dataset index, mapped dict or None), in order; decoded by ``num_workers``
+    DataLoader workers when > 0, else in this process."""
+    dataset = _MappedImages(dicts, todo, mapper)
+    if num_workers <= 0:
+        for start in range(0, len(todo), batch_size):
+            yield [dataset[k] for k in range(start, min(start + batch_size, len(todo)))]
+        return
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list
+    )
+    yield from loader
+
+
 def _score_missing(model, dicts, mapper, todo, keys, values, cache, batch_size, threshold, score_fn,
-                   log_period_s, save_period_s) -> None:
+                   log_period_s, save_period_s, num_workers) -> None:
     progress = _Progress(len(todo), log_period_s, "Teacher scoring:")
     last_save = time.perf_counter()
     was_training = model.training
     model.eval()
+    done = 0
     try:
         with torch.no_grad():
-            for start in range(0, len(todo), batch_size):
-                chunk = todo[start : start + batch_size]
+            for batch in _batches(dicts, todo, mapper, batch_size, num_workers):
                 inputs, owners = [], []
-                for i in chunk:
-                    mapped = _map(mapper, dicts[i])
+                for i, mapped in batch:
                     if mapped is None:
                         values[i] = {"readable": False}
                         cache.put(keys[i], values[i])
@@ -187,7 +216,8 @@ def _score_missing(model, dicts, mapper, todo, keys, values, cache, batch_size, 
                     for i, output in zip(owners, model(inputs)):
                         values[i] = dict(score_fn(output, threshold), readable=True)
                         cache.put(keys[i], values[i])
-                progress.update(start + len(chunk))
+                done += len(batch)
+                progress.update(done)
                 if time.perf_counter() - last_save >= save_period_s:
                     cache.save()
                     last_save = time.perf_counter()

@@ -34,7 +34,7 @@ logger = logging.getLogger(__name__)
 
 # Prefix of DATASETS.TRAIN/TEST entries naming a folder directly.
 FOLDER_PREFIX = "folder:"
-_SUPPORTED = "/".join(ext.lstrip(".").upper() for ext in (".png", ".jpg", ".bmp", ".webp", ".tif"))
+_SUPPORTED = "PNG/JPEG/BMP/WebP/TIFF"
 
 
 def is_unlabeled_dict(dataset_dict: Dict) -> bool:

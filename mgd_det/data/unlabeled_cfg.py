@@ -49,7 +49,8 @@ def score_unlabeled_from_cfg(
 
     ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and test sizes prepare the
     images, and its MODEL section is part of the cache identity with the teacher's weights
-    (hashed from the module in memory) and the threshold.
+    (hashed from the module in memory) and the threshold. Images are decoded by
+    DATALOADER.NUM_WORKERS workers.
     """
     check_unlabeled_cfg(cfg)
     u = cfg.MGD.UNLABELED
@@ -59,6 +60,7 @@ def score_unlabeled_from_cfg(
     return score_images(
         teacher, dataset_dicts, mapper, batch_size=u.SCORE_BATCH_SIZE, threshold=u.SCORE_THRESH,
         score_kind=u.SCORE, cache=cache, log_period_s=u.SCORE_LOG_PERIOD,
+        num_workers=cfg.DATALOADER.NUM_WORKERS,
     )
 
 
