@@ -1,7 +1,6 @@
 """Unlabeled image folders: listing, bad files, formats, registration, robust mapper."""
 import io
 import logging
-import os
 
 import numpy as np
 import pytest

@@ -7,7 +7,6 @@ import logging
 import runpy
 import sys
 
-import numpy as np
 import pytest
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
