@@ -66,9 +66,28 @@ def add_mgd_config(cfg: CN) -> CN:
     # keeping the wrapper). Always taken from the config, never from a checkpoint.
     cfg.MGD.LOSS_WEIGHT = 1.0
     # Loss weighting over the pathways, by name in mgd_det.modeling.weighting's registry:
-    # "constant" (factor x LOSS_WEIGHT each). A learned weighting keeps its own parameters,
-    # optimizer and checkpoint entry, outside the student's optimizer.
+    # "constant" (factor x LOSS_WEIGHT each), "learned" (DistPro: weights learned by a meta-step,
+    # see MGD.DISTPRO) or "replay" (a learned run's weight trajectory replayed). A learned
+    # weighting keeps its own parameters, optimizer and checkpoint entry, outside the student's.
     cfg.MGD.WEIGHTING = "constant"
+
+    # DistPro (MGD.WEIGHTING "learned" / "replay"; mgd_det/engine/distpro.py).
+    cfg.MGD.DISTPRO = CN()
+    # M: iterations between meta-steps (each costs about 3 training steps).
+    cfg.MGD.DISTPRO.PERIOD = 10
+    # Adam learning rate of the pathway logits.
+    cfg.MGD.DISTPRO.LR = 0.05
+    # Share of the training set held out for the meta-step's task loss (never trained on).
+    cfg.MGD.DISTPRO.HELDOUT_FRACTION = 0.05
+    # LR of the virtual SGD step; 0: the student's current LR per parameter (follows the schedule).
+    cfg.MGD.DISTPRO.VIRTUAL_LR = 0.0
+    # Norm of the finite-difference perturbation of the Hessian-vector product (DARTS: 0.01).
+    cfg.MGD.DISTPRO.FD_RADIUS = 0.01
+    # "replay": the trajectory JSON of a learned run (its OUTPUT_DIR/distpro_trajectory.json).
+    cfg.MGD.DISTPRO.TRAJECTORY = ""
+    # "replay": SOLVER.MAX_ITER of the run that recorded TRAJECTORY; it is stretched linearly
+    # to this run's SOLVER.MAX_ITER. 0: same length (no stretching).
+    cfg.MGD.DISTPRO.REPLAY_SOURCE_ITERS = 0
 
     cfg.MGD.UPDATE = CN()
     # Iterations between assignment updates; 0 means one epoch
@@ -82,6 +101,12 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.UPDATE.NUM_BATCHES = 20
     # Log tracking progress every this many batches.
     cfg.MGD.UPDATE.LOG_PERIOD = 5
+    # Iterations between the end of an update's tracking and the moment its new assignment
+    # takes effect. 0: synchronous (training waits for the solve). > 0: the host solve runs
+    # in a worker process while training continues, and the result is installed exactly this
+    # many iterations later (waiting only if it is not ready), so runs stay deterministic and
+    # resumable. An update that comes due earlier installs the pending one first.
+    cfg.MGD.UPDATE.APPLY_DELAY = 10
 
     cfg.MGD.KD = CN()
     # Add Hinton knowledge distillation on the classification logits of the heads in the

@@ -214,6 +214,7 @@ def check_update_schedule(cfg) -> Iterator[str]:
     yield from number_problems(cfg, "MGD.UPDATE.NUM_BATCHES", minimum=0, strict=True, integer=True,
                                hint=": the assignment needs tracked batches, e.g. 20")
     yield from number_problems(cfg, "MGD.UPDATE.LOG_PERIOD", minimum=0, strict=True, integer=True)
+    yield from number_problems(cfg, "MGD.UPDATE.APPLY_DELAY", minimum=0, integer=True)
     yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
 
 
@@ -221,6 +222,80 @@ def check_update_schedule(cfg) -> Iterator[str]:
 def check_kd(cfg) -> Iterator[str]:
     yield from number_problems(cfg, "MGD.KD.WEIGHT", minimum=0)
     yield from number_problems(cfg, "MGD.KD.TEMPERATURE", minimum=0, strict=True, hint=", e.g. 1.0")
+
+
+@config_check()
+def check_distpro_numbers(cfg) -> Iterator[str]:
+    if "DISTPRO" not in cfg.MGD:
+        return
+    yield from number_problems(cfg, "MGD.DISTPRO.PERIOD", minimum=0, strict=True, integer=True,
+                               hint=": iterations between DistPro meta-steps, e.g. 10")
+    yield from number_problems(cfg, "MGD.DISTPRO.LR", minimum=0, strict=True, hint=", e.g. 0.05")
+    yield from number_problems(cfg, "MGD.DISTPRO.VIRTUAL_LR", minimum=0, hint=" (0: the student's LR)")
+    yield from number_problems(cfg, "MGD.DISTPRO.FD_RADIUS", minimum=0, strict=True, hint=", e.g. 0.01")
+    yield from number_problems(cfg, "MGD.DISTPRO.REPLAY_SOURCE_ITERS", minimum=0, integer=True,
+                               hint=" (0: no stretching)")
+    fraction = cfg.MGD.DISTPRO.HELDOUT_FRACTION
+    if not _is_number(fraction) or not 0 < fraction < 1:
+        what = ("holds out no image" if _is_number(fraction) and fraction <= 0 else
+                "holds out the whole training set, leaving nothing to train on" if _is_number(fraction) else
+                "is not a number")
+        yield (f"MGD.DISTPRO.HELDOUT_FRACTION must be > 0 and < 1 (got {fraction!r}, which {what}): "
+               "the share of the training set DistPro holds out, e.g. 0.05")
+
+
+def _pathway_names(cfg):
+    """The pathway names the config builds, or None when the pathway keys are themselves bad
+    (reported by the checks above)."""
+    try:
+        from mgd_det.modeling.weighting import pathway_specs_from_cfg
+
+        return [s.name for s in pathway_specs_from_cfg(cfg)]
+    except (ValueError, TypeError, KeyError):
+        return None
+
+
+@config_check()
+def check_distpro_learned(cfg) -> Iterator[str]:
+    if cfg.MGD.WEIGHTING != "learned":
+        return
+    names = _pathway_names(cfg)
+    if names is not None and len(names) < 2:
+        yield (f"MGD.WEIGHTING 'learned' needs at least 2 pathways to weigh against each other (got "
+               f"{names}): add positions to MGD.POSITIONS (or entries to MGD.PATHWAYS), or use "
+               "MGD.WEIGHTING 'constant'")
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        yield (f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} cannot be used with MGD.WEIGHTING "
+               "'learned': DistPro cuts its held-out split from the TrainingSampler's data set; set "
+               "DATALOADER.SAMPLER_TRAIN 'TrainingSampler'")
+    if _is_number(cfg.MGD.LOSS_WEIGHT) and cfg.MGD.LOSS_WEIGHT == 0:
+        yield ("MGD.LOSS_WEIGHT 0 switches distillation off, so there is nothing for MGD.WEIGHTING 'learned' "
+               "to weigh: set MGD.LOSS_WEIGHT > 0, or MGD.WEIGHTING 'constant'")
+
+
+@config_check()
+def check_distpro_replay(cfg) -> Iterator[str]:
+    if cfg.MGD.WEIGHTING != "replay":
+        return
+    path = cfg.MGD.DISTPRO.TRAJECTORY
+    hint = "the distpro_trajectory.json a run with MGD.WEIGHTING 'learned' wrote into its OUTPUT_DIR"
+    if not path:
+        yield f"MGD.DISTPRO.TRAJECTORY is empty: MGD.WEIGHTING 'replay' needs {hint}"
+        return
+    if not os.path.isfile(path):
+        yield f"MGD.DISTPRO.TRAJECTORY {path} not found: give {hint} (relative paths: from the working directory)"
+        return
+    from mgd_det.matching.distpro import load_trajectory
+
+    try:
+        names = load_trajectory(path).names
+    except (ValueError, OSError) as err:
+        yield f"MGD.DISTPRO.TRAJECTORY {path} cannot be read: {err}"
+        return
+    expected = _pathway_names(cfg)
+    if expected is not None and set(expected) != set(names):
+        yield (f"MGD.DISTPRO.TRAJECTORY {path} weighs pathways {sorted(names)}, this config has "
+               f"{sorted(expected)}: replay it with the pathways it was learned for")
 
 
 # ------------------------------------------------------------------ general checks

@@ -2,14 +2,22 @@
 
 Before the first step (of a fresh run) the hook computes the teacher margins and solves the
 assignment once; then it re-solves every period (one epoch by default). An update tracks K
-batches of the *training* set with both nets in eval mode and no grad, then solves one
-assignment problem per position (one rank solves, the others receive the answer).
+batches of the *training* set with both nets in eval mode and no grad, all-reduces the costs,
+then solves one assignment problem per matcher (one rank solves, the others receive the
+answer).
+
+With ``MGD.UPDATE.APPLY_DELAY`` > 0 the solve overlaps training: it runs in a worker process
+and its result is installed exactly APPLY_DELAY iterations after the tracking, so the run is
+the same whatever the solve takes. A checkpoint taken in between holds the pending costs; a
+resumed run solves them again (the solvers are deterministic) and installs at the same
+iteration.
 """
 import contextlib
 import logging
 import math
 import time
-from typing import Iterable, List
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -18,6 +26,8 @@ from detectron2.engine import HookBase
 from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DistributedDataParallel
+
+from mgd_det.matching.background_solve import BackgroundSolver, solve_jobs
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +96,17 @@ class TrackingBatches:
             yield batch
 
 
+@dataclass
+class PendingUpdate:
+    """An update whose costs are tracked and whose assignment is not installed yet."""
+
+    apply_at: int  # install when this many iterations are complete
+    tracked_at: int
+    costs: Dict[str, torch.Tensor]  # all-reduced mean costs per matcher, on the host
+    track_seconds: float
+    future: Optional[object] = None  # rank 0's background solve; None after a resume
+
+
 class MGDAssignmentHook(HookBase):
     """Recomputes the channel assignments; also reports non-finite features by position."""
 
@@ -98,25 +119,37 @@ class MGDAssignmentHook(HookBase):
         self.schedule = UpdateSchedule(period, mgd.SLOW_AFTER, mgd.SLOW_PERIOD)
         self.num_batches = mgd.NUM_BATCHES
         self.log_period = max(1, mgd.LOG_PERIOD)
+        self.apply_delay = mgd.APPLY_DELAY
         self.check_finite_period = cfg.MGD.CHECK_FINITE_PERIOD
         self.num_updates = 0
-        self.update_iters: List[int] = []  # iterations (trainer.iter) after which updates ran
+        self.update_iters: List[int] = []  # iterations (trainer.iter) after which tracking ran
+        self.applied_iters: List[int] = []  # iterations after which assignments were installed
+        self.pending: Optional[PendingUpdate] = None
+        self.solver = BackgroundSolver()
 
     @property
     def model(self):
         return unwrap_model(self.trainer.model)
 
+    @staticmethod
+    def _solving_rank() -> bool:
+        return comm.get_rank() == 0
+
     # ------------------------------------------------------------ hook API
     def before_train(self):
         self.model.refresh_margins()
         if not bool(self.model.distiller.assigned):  # fresh run; a resumed run keeps its state
-            self.update(at_iter=self.trainer.start_iter)
+            self.update(at_iter=self.trainer.start_iter, synchronous=True)
+        elif self.pending is not None and self.pending.future is None and self._solving_rank():
+            # Resumed between tracking and installation: solve the saved costs again.
+            self.pending.future = self.solver.submit(self.model.distiller.solve_jobs(self.pending.costs))
 
     def before_step(self):
         period = self.check_finite_period
         self.model.check_finite = bool(period) and self.trainer.iter % period == 0
 
     def after_train(self):
+        self.solver.close()
         # Runs in the trainer's `finally`: when Detectron2 stopped on a NaN/Inf loss, say
         # which position (and which net) produced non-finite features. The flags are device
         # tensors accumulated during the steps; they are only read here, never per step.
@@ -124,14 +157,28 @@ class MGDAssignmentHook(HookBase):
 
     def after_step(self):
         completed = self.trainer.iter + 1
-        if completed < self.trainer.max_iter and self.schedule.due(completed):
+        due = completed < self.trainer.max_iter and self.schedule.due(completed)
+        if self.pending is not None and (completed >= self.pending.apply_at or due):
+            self.install_pending(completed)
+        if due:
             self.update(at_iter=completed)
 
     def state_dict(self):
-        return {"num_updates": self.num_updates}
+        state = {"num_updates": self.num_updates}
+        if self.pending is not None:
+            state["pending"] = {
+                "apply_at": self.pending.apply_at,
+                "tracked_at": self.pending.tracked_at,
+                "costs": dict(self.pending.costs),
+            }
+        return state
 
     def load_state_dict(self, state_dict):
         self.num_updates = int(state_dict["num_updates"])
+        pending = state_dict.get("pending")
+        self.pending = None if pending is None else PendingUpdate(
+            int(pending["apply_at"]), int(pending["tracked_at"]), dict(pending["costs"]), 0.0
+        )
 
     # ------------------------------------------------------------ work
     def _raise_on_nonfinite(self) -> None:
@@ -147,13 +194,12 @@ class MGDAssignmentHook(HookBase):
                 "the teacher weights and input images."
             )
 
-    def update(self, at_iter: int) -> dict:
-        """Track K batches, then solve; logs the per-position statistics."""
+    def track(self) -> float:
+        """Track K training batches (eval mode, no grad); returns the seconds it took."""
         model = self.model
         was_training = model.training
         model.eval()
-        distiller = model.distiller
-        distiller.start_tracking()
+        model.distiller.start_tracking()
         start = time.perf_counter()
         try:
             for index, batch in enumerate(self.tracking.batches(self.num_batches, self.num_updates), 1):
@@ -164,14 +210,49 @@ class MGDAssignmentHook(HookBase):
                     logger.info("MGD tracking: batch %d/%d, ETA %.1fs", index, self.num_batches, eta)
         finally:
             model.train(was_training)
-        track_seconds = time.perf_counter() - start
-        stats = distiller.finish_tracking()
+        return time.perf_counter() - start
+
+    def update(self, at_iter: int, synchronous: bool = False) -> Optional[dict]:
+        """Track K batches and all-reduce the costs; then solve and install now
+        (synchronous, returns the statistics) or leave the solve pending (returns None)."""
+        distiller = self.model.distiller
+        track_seconds = self.track()
+        costs = distiller.mean_costs()  # collective: every rank, same point
         self.num_updates += 1
         self.update_iters.append(at_iter)
-        self._log(stats, track_seconds, at_iter)
+        if synchronous or not self.apply_delay:
+            solved = solve_jobs(distiller.solve_jobs(costs)) if self._solving_rank() else None
+            return self._install(solved, costs, at_iter, at_iter, track_seconds)
+        host_costs = {key: cost.detach().cpu() for key, cost in costs.items()}
+        future = self.solver.submit(distiller.solve_jobs(host_costs)) if self._solving_rank() else None
+        self.pending = PendingUpdate(at_iter + self.apply_delay, at_iter, host_costs, track_seconds, future)
+        logger.info("MGD assignment update %d tracked at iteration %d; installs at iteration %d",
+                    self.num_updates, at_iter, self.pending.apply_at)
+        return None
+
+    def install_pending(self, completed: int) -> dict:
+        """Install the pending update's assignment (waiting for its solve if needed)."""
+        pending, self.pending = self.pending, None
+        solved = None
+        if self._solving_rank():
+            if pending.future is None:  # resumed and not resubmitted (e.g. hook used directly)
+                solved = solve_jobs(self.model.distiller.solve_jobs(pending.costs))
+            else:
+                start = time.perf_counter()
+                solved = pending.future.result()
+                waited = time.perf_counter() - start
+                if waited > 0.01:
+                    logger.info("MGD: waited %.2fs for the background solve", waited)
+        device_costs = {k: c.to(self.model.device) for k, c in pending.costs.items()}
+        return self._install(solved, device_costs, pending.tracked_at, completed, pending.track_seconds)
+
+    def _install(self, solved, costs, tracked_at: int, at_iter: int, track_seconds: float) -> dict:
+        stats = self.model.distiller.install(solved, costs)
+        self.applied_iters.append(at_iter)
+        self._log(stats, track_seconds, tracked_at, at_iter)
         return stats
 
-    def _log(self, stats: dict, track_seconds: float, at_iter: int) -> None:
+    def _log(self, stats: dict, track_seconds: float, tracked_at: int, at_iter: int) -> None:
         storage = get_event_storage()
         solve_seconds = sum(s["solve_seconds"] for s in stats.values())
         storage.put_scalar("mgd/track_seconds", track_seconds, smoothing_hint=False)
@@ -181,6 +262,6 @@ class MGDAssignmentHook(HookBase):
             storage.put_scalar(f"mgd/{name}/changed", s["num_changed"], smoothing_hint=False)
         summary = ", ".join(f"{n}: cost {s['mean_matched_cost']:.4f}, changed {s['num_changed']}" for n, s in stats.items())
         logger.info(
-            "MGD assignment update %d at iteration %d (tracking %.1fs, solve %.2fs): %s",
-            self.num_updates, at_iter, track_seconds, solve_seconds, summary,
+            "MGD assignment update %d (tracked at iteration %d, installed at %d; tracking %.1fs, solve %.2fs): %s",
+            self.num_updates, tracked_at, at_iter, track_seconds, solve_seconds, summary,
         )

@@ -151,10 +151,17 @@ class PathwayDistiller(nn.Module):
     # ------------------------------------------------------------------ loss
     def forward(self, student: NetOutputs, teacher: TeacherOutput) -> Dict[str, torch.Tensor]:
         """``{"loss_<pathway>": weighted loss}`` for every pathway."""
+        return self.weighted(self.raw_losses(student, teacher))
+
+    def raw_losses(self, student: NetOutputs, teacher: TeacherOutput) -> Dict[str, torch.Tensor]:
+        """``{pathway name: unweighted per-image loss}`` (what a learned weighting needs)."""
         self._check_positions(student.features, "student")
         self._check_positions(teacher.features, "teacher")
         teacher_features = teacher.features_for(student.features)
-        raw = {name: pathway(student, teacher, teacher_features) for name, pathway in self.pathways.items()}
+        return {name: pathway(student, teacher, teacher_features) for name, pathway in self.pathways.items()}
+
+    def weighted(self, raw: Mapping[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+        """The weighting applied to raw pathway losses, keyed ``loss_<pathway>``."""
         return {f"loss_{name}": loss for name, loss in self.weighting(raw).items()}
 
     def _check_positions(self, feats: Mapping[str, torch.Tensor], side: str) -> None:

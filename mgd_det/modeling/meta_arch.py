@@ -206,15 +206,24 @@ class MGDDistiller(nn.Module):
         """
         if not self.training:
             return self.student(batched_inputs)
+        detection, raw = self.split_losses(batched_inputs)
+        return {**detection, **self.distiller.weighted(raw)}
+
+    def split_losses(self, batched_inputs, teacher_out: Optional[TeacherOutput] = None):
+        """(detection losses of the labeled images, unweighted pathway losses) of one batch.
+
+        ``teacher_out`` may be passed in when the caller already has it for this batch (the
+        teacher is frozen: its output does not change while the student moves).
+        """
         batched_inputs = self.upload(batched_inputs)
-        teacher_out = self.teacher_pass(batched_inputs)
-        losses, student_out = run_student(self.student, batched_inputs, self.student_taps, self.needs_head)
+        if teacher_out is None:
+            teacher_out = self.teacher_pass(batched_inputs)
+        detection, student_out = run_student(self.student, batched_inputs, self.student_taps, self.needs_head)
         if self.check_finite:
             flags = self._nonfinite_flags(student_out.features, teacher_out.features)
             previous = self.nonfinite_report or {}
             self.nonfinite_report = {k: v | previous[k] if k in previous else v for k, v in flags.items()}
-        losses.update(self.distiller(student_out, teacher_out))
-        return losses
+        return detection, self.distiller.raw_losses(student_out, teacher_out)
 
     @staticmethod
     def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:
