@@ -150,8 +150,11 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.UNLABELED.SCORE_CACHE = ""
     # Seconds between progress lines (with ETA) of the scoring pass.
     cfg.MGD.UNLABELED.SCORE_LOG_PERIOD = 10.0
-    # Iterations between rescorings (0: score once before training).
-    cfg.MGD.UNLABELED.RESCORE_PERIOD = 0
+    # Share of each batch's images drawn from the labeled sets when DATASETS.TRAIN mixes
+    # labeled and unlabeled sets (detection losses on those, distillation on all).
+    cfg.MGD.UNLABELED.LABELED_SHARE = 0.5
+    # Iterations between logs of the sampling distribution (entropy, top-decile share).
+    cfg.MGD.UNLABELED.STATS_PERIOD = 20
     return cfg
 
 

@@ -181,12 +181,35 @@ def _pool_loader(name: str):
     return load
 
 
+def _split_images_loader(split: str, name: str):
+    """The images of a bundled mini digits split as an unlabeled folder (its JSON unread)."""
+
+    def load() -> List[Dict]:
+        from .datasets import dataset_root
+        from .mini_digits import DEFAULT_SPECS, ensure_split, split_paths
+
+        root = dataset_root()
+        ensure_split(root, DEFAULT_SPECS[split])
+        folder = split_paths(root, DEFAULT_SPECS[split])[1]
+        _set_unlabeled_metadata(name, folder)
+        return load_image_folder(folder, name)
+
+    return load
+
+
+# Unlabeled views of labeled bundled splits: the reference of label-free distillation.
+SPLIT_IMAGE_SETS = {"mini_digits_train_images": "mini_digits_train", "mini_digits_tiny_train_images": "mini_digits_tiny_train"}
+
+
 def register_bundled_pools() -> None:
-    """Register the generated heterogeneous pools (idempotent; generated on first load)."""
+    """Register the generated heterogeneous pools and the image-only views of the bundled
+    training splits (idempotent; generated on first load)."""
     registered = set(DatasetCatalog.list())
-    for name in POOL_SPECS:
+    loaders = {name: _pool_loader(name) for name in POOL_SPECS}
+    loaders.update({name: _split_images_loader(split, name) for name, split in SPLIT_IMAGE_SETS.items()})
+    for name, loader in loaders.items():
         if name not in registered:
-            DatasetCatalog.register(name, _pool_loader(name))
+            DatasetCatalog.register(name, loader)
             MetadataCatalog.get(name).set(unlabeled=True, evaluator_type="none")
 
 

@@ -30,7 +30,8 @@ def check_unlabeled_cfg(cfg) -> None:
         ("UNIFORM_SHARE", 0.0 <= u.UNIFORM_SHARE <= 1.0, "in [0, 1]"),
         ("SCORE_EPS", u.SCORE_EPS > 0, "> 0"),
         ("SCORE_BATCH_SIZE", u.SCORE_BATCH_SIZE >= 1, ">= 1"),
-        ("RESCORE_PERIOD", u.RESCORE_PERIOD >= 0, ">= 0 (0: score once)"),
+        ("LABELED_SHARE", 0.0 < u.LABELED_SHARE < 1.0, "in (0, 1): the labeled share of a mixed batch"),
+        ("STATS_PERIOD", u.STATS_PERIOD >= 1, ">= 1"),
     )
     for key, ok, expected in checks:
         if not ok:

@@ -27,6 +27,8 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
+from mgd_det.data.unlabeled import is_unlabeled_dict
+from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 from mgd_det.matching.background_solve import BackgroundSolver, solve_jobs
 
 logger = logging.getLogger(__name__)
@@ -79,7 +81,10 @@ class TrackingBatches:
 
     def __init__(self, cfg, seed: int):
         dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
-        self.dataset = MapDataset(DatasetFromList(dicts, copy=False), DatasetMapper(cfg, is_train=False))
+        mapper = DatasetMapper(cfg, is_train=False)
+        if any(is_unlabeled_dict(d) for d in dicts):  # image folders: robust reads, no labels
+            mapper = UnlabeledDatasetMapper(cfg, False, fallback_dicts=dicts, labeled_mapper=mapper)
+        self.dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
         self.batch_size = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
         self.seed = seed
 

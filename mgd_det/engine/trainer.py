@@ -9,35 +9,85 @@ assignment hook, and what long multi-process runs need:
   fresh loader iterator would otherwise consume one global RNG draw after the restore);
 - :class:`~mgd_det.engine.checkpoint.MGDCheckpointer`: strict, all-or-nothing loading with
   the teacher-file check, and plain detector checkpoints as MODEL.WEIGHTS for the student;
-- DDP on CPU (gloo) as well as on GPUs; ``MGD.FIND_UNUSED_PARAMETERS`` for models that need it.
+- DDP on CPU (gloo) as well as on GPUs; ``MGD.FIND_UNUSED_PARAMETERS`` for models that need it;
+- clear errors before anything heavy runs: the config is validated (``config_checks.py``),
+  own data sets (DATASETS.COCO_SETS) registered, the class count checked against the
+  training data, unreadable images named (``FileNamingMapper``); evaluation tasks follow the
+  config (segm with MODEL.MASK_ON) and a model that predicts nothing gets explicit 0.0 rows.
 """
 import logging
 import os
 import weakref
 
-from detectron2.data import MetadataCatalog, build_detection_train_loader, get_detection_dataset_dicts
+from detectron2.data import (
+    DatasetMapper,
+    MetadataCatalog,
+    build_detection_test_loader,
+    build_detection_train_loader,
+    get_detection_dataset_dicts,
+)
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, TrainerBase, hooks
 from detectron2.evaluation import COCOEvaluator, DatasetEvaluators
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from mgd_det.data.datasets import ensure_dataset_ready
+from mgd_det.config_checks import validate_mgd_config
+from mgd_det.data import coco_json
+from mgd_det.data.datasets import ensure_dataset_ready, register_config_datasets
+from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.engine.assignment_hook import MGDAssignmentHook, unwrap_model
+from mgd_det.engine.unlabeled_training import (
+    build_sampling_stats_hook,
+    build_unlabeled_train_loader,
+    pool_sampler_state,
+    unlabeled_train_sets,
+)
+from mgd_det.engine.distpro import build_distpro_hooks, exclude_weighting_params, training_split, wrap_train_loader
 from mgd_det.engine.checkpoint import (
     MGDCheckpointer,
     load_module_ema_state,
+    mgd_settings,
     module_ema_state,
     rng_state,
     set_rng_state,
 )
+from mgd_det.errors import ConfigError
+from mgd_det.modeling.teacher import CLASS_COUNT_KEYS
 
 logger = logging.getLogger(__name__)
 
 
 def is_mgd(cfg) -> bool:
     return cfg.MODEL.META_ARCHITECTURE == "MGDDistiller"
+
+
+def class_count_key(cfg):
+    """The config key holding the number of classes of the (student) detector, if known."""
+    arch = cfg.MGD.STUDENT_META_ARCHITECTURE if is_mgd(cfg) else cfg.MODEL.META_ARCHITECTURE
+    return CLASS_COUNT_KEYS.get(arch)
+
+
+def check_class_count(cfg, dataset_names) -> None:
+    """The detector must have at least as many classes as the training data's categories
+    (more would only waste outputs: warned). Call after the sets were loaded."""
+    key = class_count_key(cfg)
+    if key is None:
+        return
+    count = cfg.MODEL.RETINANET.NUM_CLASSES if key.endswith("RETINANET.NUM_CLASSES") else cfg.MODEL.ROI_HEADS.NUM_CLASSES
+    for name in dataset_names:
+        classes = MetadataCatalog.get(name).get("thing_classes", None)
+        if classes is None:
+            continue
+        if len(classes) > count:
+            raise ConfigError(
+                f"data set '{name}' has {len(classes)} categories but {key} is {count}: set {key} "
+                f"{len(classes)} (on the command line or in the config)", key=key,
+            )
+        if len(classes) < count:
+            logger.warning("%s is %d but data set '%s' has %d categories: the extra outputs never "
+                           "see a positive example.", key, count, name, len(classes))
 
 
 def create_ddp_model(cfg, model):
@@ -60,11 +110,20 @@ class MGDTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
+        validate_mgd_config(cfg)
+        register_config_datasets(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
-        data_loader = self.build_train_loader(cfg)
+        # Image folders in DATASETS.TRAIN: label-free or mixed training (unlabeled_training.py).
+        if unlabeled_train_sets(cfg):
+            data_loader = build_unlabeled_train_loader(cfg, model)
+        else:
+            data_loader = self.build_train_loader(cfg)
         self.train_sampler = getattr(data_loader, "resumable_sampler", None)
+        self.pool_sampler = getattr(data_loader, "pool_sampler", None)
+        self._pool = (getattr(data_loader, "pool_names", []), getattr(data_loader, "pool_dicts", None))
+        data_loader = wrap_train_loader(cfg, data_loader)  # DistPro observes the batches
         model = create_ddp_model(cfg, model)
         self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -72,12 +131,16 @@ class MGDTrainer(DefaultTrainer):
             model,
             cfg.OUTPUT_DIR,
             teacher_weights=cfg.MGD.TEACHER.WEIGHTS if is_mgd(cfg) else "",
+            settings=mgd_settings(cfg) if is_mgd(cfg) else None,
             trainer=weakref.proxy(self),
         )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
+        # Loader and hooks hold their dicts: drop the parsed training JSON (see coco_json.py).
+        coco_json.forget(MetadataCatalog.get(n).get("json_file") for n in cfg.DATASETS.TRAIN
+                         if MetadataCatalog.get(n).get("json_file") and n not in cfg.DATASETS.TEST)
 
     # ------------------------------------------------------------------ data
     @classmethod
@@ -88,41 +151,62 @@ class MGDTrainer(DefaultTrainer):
         resume."""
         for name in cfg.DATASETS.TRAIN:
             ensure_dataset_ready(name)
+        mapper = FileNamingMapper(DatasetMapper(cfg, True), cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
         if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
             logger.warning(
                 "DATALOADER.SAMPLER_TRAIN %s: after --resume the data order restarts (exact "
                 "resume needs TrainingSampler).", cfg.DATALOADER.SAMPLER_TRAIN,
             )
-            return super().build_train_loader(cfg)
+            loader = build_detection_train_loader(cfg, mapper=mapper)
+            check_class_count(cfg, cfg.DATASETS.TRAIN)
+            return loader
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
             min_keypoints=cfg.MODEL.ROI_KEYPOINT_HEAD.MIN_KEYPOINTS_PER_IMAGE if cfg.MODEL.KEYPOINT_ON else 0,
             proposal_files=cfg.DATASETS.PROPOSAL_FILES_TRAIN if cfg.MODEL.LOAD_PROPOSALS else None,
         )
+        check_class_count(cfg, cfg.DATASETS.TRAIN)
+        dataset, heldout = training_split(cfg, dataset)  # DistPro's held-out share, never trained on
         sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
         # seed: the loader's own generator, so a new iterator draws nothing from the global RNG.
-        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=sampler.seed)
+        loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=sampler.seed, mapper=mapper)
         loader.resumable_sampler = sampler
+        loader.heldout_dicts = heldout
         return loader
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
         ensure_dataset_ready(dataset_name)
-        return super().build_test_loader(cfg, dataset_name)
+        mapper = FileNamingMapper(DatasetMapper(cfg, False), (dataset_name,), cfg.INPUT.FORMAT)
+        return build_detection_test_loader(cfg, dataset_name, mapper=mapper)
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         ensure_dataset_ready(dataset_name)
         evaluator_type = MetadataCatalog.get(dataset_name).get("evaluator_type", "coco")
         if evaluator_type != "coco":
-            raise NotImplementedError(f"Dataset {dataset_name} has evaluator_type {evaluator_type!r}; only 'coco' is supported.")
+            raise ConfigError(
+                f"data set {dataset_name} has evaluator_type {evaluator_type!r}; only 'coco' is "
+                "supported (DATASETS.TEST): evaluate on a COCO-format set", key="DATASETS.TEST",
+            )
         output_folder = output_folder or os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
-        return DatasetEvaluators([COCOEvaluator(dataset_name, output_dir=output_folder)])
+        with coco_json.shared_coco_api("evaluate"):
+            evaluator = ExplicitCOCOEvaluator(dataset_name, tasks=evaluation_tasks(cfg), output_dir=output_folder)
+        return DatasetEvaluators([evaluator])
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        """Detectron2's optimizer, without the loss weighting's (DistPro's) parameters."""
+        return exclude_weighting_params(super().build_optimizer(cfg, model), model)
 
     # ------------------------------------------------------------------ resume
     def resume_or_load(self, resume=True):
-        super().resume_or_load(resume=resume)
+        """DefaultTrainer's, except that the start iteration follows the file actually resumed
+        from (which may be found without a last_checkpoint file, see MGDCheckpointer)."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if resume and self.checkpointer.resumed_from:
+            self.start_iter = self.iter + 1
         if self.train_sampler is not None:
             images_per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
             self.train_sampler.fast_forward(self.start_iter * images_per_rank)
@@ -133,12 +217,16 @@ class MGDTrainer(DefaultTrainer):
         ret["module_ema"] = module_ema_state(self.unwrapped_model)
         if self.train_sampler is not None:
             ret["sampler_seed"] = self.train_sampler.seed
+        if self.pool_sampler is not None:
+            ret["pool_sampler"] = pool_sampler_state(self)
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
         if self.train_sampler is not None and "sampler_seed" in state_dict:
             self.train_sampler.seed = state_dict["sampler_seed"]
+        if self.pool_sampler is not None and "pool_sampler" in state_dict:
+            self.pool_sampler.load_state_dict(state_dict["pool_sampler"])
         load_module_ema_state(self.unwrapped_model, state_dict.get("module_ema", {}))
         if "rng" in state_dict:
             # Saved by rank 0; other ranks would otherwise repeat rank 0's random draws.
@@ -157,6 +245,9 @@ class MGDTrainer(DefaultTrainer):
             # update iteration already holds the new assignment.
             index = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
             ret.insert(index, MGDAssignmentHook(self.cfg))
+            ret[index + 1:index + 1] = build_distpro_hooks(self.cfg, self)
+        if self.pool_sampler is not None:
+            ret.append(build_sampling_stats_hook(self.cfg, self.pool_sampler, *self._pool))
         return ret
 
     @property
@@ -166,3 +257,31 @@ class MGDTrainer(DefaultTrainer):
     @property
     def unwrapped_model(self):
         return unwrap_model(self.model)
+
+
+# ------------------------------------------------------------------ evaluation
+def evaluation_tasks(cfg):
+    """COCO tasks from the config, not from the predictions (Detectron2 infers them from the
+    predictions, so "segm" vanished when a young Mask R-CNN predicted nothing)."""
+    tasks = ["bbox"]
+    if cfg.MODEL.MASK_ON:
+        tasks.append("segm")
+    if cfg.MODEL.KEYPOINT_ON:
+        tasks.append("keypoints")
+    return tuple(tasks)
+
+
+class ExplicitCOCOEvaluator(COCOEvaluator):
+    """COCOEvaluator reporting 0.0 (not NaN) for every metric of a task without any
+    prediction: no detection at all means no recall, i.e. AP 0 on a set with annotations."""
+
+    def _derive_coco_results(self, coco_eval, iou_type, class_names=None):
+        if coco_eval is not None:
+            return super()._derive_coco_results(coco_eval, iou_type, class_names=class_names)
+        metrics = ["AP", "AP50", "AP75", "APm", "APl"] if iou_type == "keypoints" else \
+            ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+        self._logger.warning("No %s predictions from the model: reporting 0.0 for every %s metric.", iou_type, iou_type)
+        results = {metric: 0.0 for metric in metrics}
+        for name in class_names or ():
+            results[f"AP-{name}"] = 0.0
+        return results
