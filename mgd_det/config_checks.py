@@ -311,3 +311,12 @@ def check_class_counts(cfg) -> Iterator[str]:
     for key in ("MODEL.RETINANET.NUM_CLASSES", "MODEL.ROI_HEADS.NUM_CLASSES"):
         yield from number_problems(cfg, key, minimum=0, strict=True, integer=True,
                                    hint=": the number of categories of your data")
+
+
+@config_check(mgd_only=False)
+def check_coco_sets(cfg) -> Iterator[str]:
+    for entry in getattr(cfg.DATASETS, "COCO_SETS", ()) or ():
+        parts = entry.split(":") if isinstance(entry, str) else []
+        if len(parts) != 3 or not all(p.strip() for p in parts):
+            yield (f"DATASETS.COCO_SETS entry {entry!r} must be 'NAME:ANNOTATIONS.json:IMAGE_DIR', "
+                   "e.g. 'my_train:data/annotations/train.json:data/images'")

@@ -6,28 +6,61 @@
     python tools/train_net.py --config-file CFG --eval-only MODEL.WEIGHTS out/model_final.pth
     python tools/train_net.py --config-file MGD_CFG --eval-teacher   # sanity check of the teacher
     python tools/train_net.py --config-file CFG --num-gpus 8          # multi-GPU via launch()
+
+Run it as a script: ``tools/`` is deliberately not a package (the Detectron2 wheel installs
+its own top-level ``tools`` package, which ``from tools.train_net import main`` would import
+instead); from Python, use ``mgd_det.engine.tool_loader.load_tool("train_net")``.
+
+Anticipated errors (config, files, checkpoints, data, devices) end the run with one line
+``ERROR: ...`` on stderr and exit code 1; tracebacks and the full config are in
+OUTPUT_DIR/log.txt (mgd_det/engine/cli.py).
 """
 import logging
 import os
 
-import detectron2.utils.comm as comm
-from detectron2.engine import default_argument_parser, default_setup
-from detectron2.utils.logger import setup_logger
+from detectron2.engine import default_argument_parser
 
 from mgd_det.config import setup_cfg
+from mgd_det.config_checks import validate_mgd_config
+from mgd_det.data import register_config_datasets
 from mgd_det.engine import MGDTrainer, is_mgd
 from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.cli import install_excepthook, quiet_default_setup, report_errors
 from mgd_det.engine.launch import config_device, launch_processes
+from mgd_det.errors import ConfigError
 from mgd_det.modeling import build_teacher, build_teacher_cfg
 
 logger = logging.getLogger("mgd_det.train_net")
 
 
+def check_run_args(cfg, args):
+    """Command-line flags that do not fit the config: errors before anything is built."""
+    if args.eval_teacher and not is_mgd(cfg):
+        raise ConfigError(
+            "--eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE: MGDDistiller), got "
+            f"{cfg.MODEL.META_ARCHITECTURE} from {args.config_file}: to evaluate a plain detector "
+            "use --eval-only MODEL.WEIGHTS path/to/model_final.pth", key="MODEL.META_ARCHITECTURE",
+        )
+    has_run = os.path.isdir(cfg.OUTPUT_DIR) and any(
+        n == "last_checkpoint" or n.startswith("model_") and n.endswith(".pth") for n in os.listdir(cfg.OUTPUT_DIR)
+    )
+    if args.eval_only and not cfg.MODEL.WEIGHTS and not (args.resume and has_run):
+        raise ConfigError(
+            "--eval-only without trained weights would evaluate a randomly initialised model "
+            "(MODEL.WEIGHTS is empty): add MODEL.WEIGHTS path/to/model_final.pth, or --resume to "
+            f"evaluate the last checkpoint of OUTPUT_DIR ({cfg.OUTPUT_DIR})", key="MODEL.WEIGHTS",
+        )
+
+
 def setup(args):
+    """Config (validated before any output: an error is never buried under the config dump),
+    own data sets registered, logging to OUTPUT_DIR/log.txt."""
     cfg = setup_cfg(args.config_file, args.opts)
+    validate_mgd_config(cfg)
+    check_run_args(cfg, args)
     cfg.freeze()
-    default_setup(cfg, args)
-    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="mgd_det")
+    quiet_default_setup(cfg, args)
+    register_config_datasets(cfg)
     return cfg
 
 
@@ -43,11 +76,10 @@ def teacher_eval_cfg(cfg):
     return teacher_cfg
 
 
+@report_errors
 def main(args):
     cfg = setup(args)
     if args.eval_teacher:
-        if not is_mgd(cfg):
-            raise ValueError("--eval-teacher needs an MGD config (MODEL.META_ARCHITECTURE: MGDDistiller).")
         eval_cfg = teacher_eval_cfg(cfg)
         return MGDTrainer.test(eval_cfg, build_teacher(cfg, teacher_cfg=eval_cfg))
     if args.eval_only:
@@ -67,6 +99,7 @@ def parse_args(argv=None):
 
 
 if __name__ == "__main__":
+    install_excepthook()  # anticipated errors: one line on stderr (mgd_det/engine/cli.py)
     args = parse_args()
     launch_processes(  # gloo processes on the CPU whatever CUDA reports; Detectron2's launch on CUDA
         main,

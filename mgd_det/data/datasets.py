@@ -7,25 +7,45 @@ where ``<root>`` is ``$MGD_DATASETS``, else ``$DETECTRON2_DATASETS``, else ``./d
 The root is resolved each time a set is loaded (not at import), and a split is generated
 on first use when its JSON is missing.
 
+Your own COCO-format sets: :func:`register_coco_dataset` from Python, or the config key
+``DATASETS.COCO_SETS`` ("NAME:ANNOTATIONS.json:IMAGE_DIR" each), registered by
+:func:`register_config_datasets` before training.
+
+Every set used for training or testing (ours, Detectron2's builtin COCO, a user's
+``register_coco_instances``) is loaded through :func:`_checked_loader` once
+:func:`ensure_dataset_ready` has seen it: bad boxes are dropped or clipped with one summary
+line (``annotation_checks.py``), load failures name the annotation file, and each COCO JSON
+is parsed once per process (``coco_json.py``).
+
 COCO 2017 (``coco_2017_train``, ``coco_2017_val``, ...) is registered by Detectron2 itself
 (``detectron2.data.datasets.builtin``, imported with ``detectron2.data``) under
 ``$DETECTRON2_DATASETS/coco/``; Detectron2 resolves that root once, at import.
 """
 
-import json
 import logging
 import os
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from mgd_det.errors import ConfigError, DataError, MGDUserError, UserFileNotFoundError
+
+from .annotation_checks import check_dataset_dicts
+from .coco_json import read_coco_json, shared_coco_api
 from .mini_digits import CLASS_NAMES, DEFAULT_SPECS, GENERATOR_VERSION, ensure_split, split_paths
 
 logger = logging.getLogger(__name__)
 
 ROOT_ENV_VARS = ("MGD_DATASETS", "DETECTRON2_DATASETS")
-_REQUIRED_KEYS = ("images", "annotations", "categories")
+# Per-annotation keys kept from the JSON besides Detectron2's own: the id names the
+# annotation in the check summary.
+_EXTRA_ANNOTATION_KEYS = ["id"]
+_MAX_LISTED = 8  # registered names listed in an error
+
+
+class UnregisteredDatasetError(DataError, KeyError):
+    """A name in DATASETS.TRAIN / TEST that no registration provides."""
 
 
 def dataset_root() -> str:
@@ -59,22 +79,6 @@ def _mini_digits_metadata(name: str) -> Dict:
         "thing_classes": list(CLASS_NAMES),
         "thing_dataset_id_to_contiguous_id": {i + 1: i for i in range(len(CLASS_NAMES))},
     }
-
-
-def read_coco_json(json_file: str, fix_hint: str) -> Dict:
-    """Parse a COCO annotation file, raising a ValueError naming it when it is unusable."""
-    try:
-        with open(json_file, "r", encoding="utf-8") as f:
-            data = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"Annotation file {json_file} is not valid JSON ({e}); {fix_hint}") from e
-    missing = [key for key in _REQUIRED_KEYS if not isinstance(data, dict) or key not in data]
-    if missing:
-        raise ValueError(
-            f"Annotation file {json_file} is not a COCO instances file (missing "
-            f"{', '.join(repr(k) for k in missing)}); {fix_hint}"
-        )
-    return data
 
 
 def _warn_if_not_default(name: str, json_file: str, data: Dict) -> None:
@@ -113,11 +117,12 @@ def _check_paths(name: str, json_file: str, image_root: str) -> None:
         ("image directory", image_root, os.path.isdir),
     ):
         if not exists(path):
-            raise FileNotFoundError(
-                f"Dataset '{name}': {kind} {path} not found. Check the path given at "
-                f"registration, or the data root (${' / $'.join(ROOT_ENV_VARS)}, currently "
-                f"{os.path.abspath(dataset_root())}; Detectron2's builtin sets such as COCO "
-                f"use $DETECTRON2_DATASETS). See datasets/README.md for the expected layout."
+            raise UserFileNotFoundError(
+                f"data set '{name}': {kind} {path} not found: check the path given at "
+                f"registration (DATASETS.COCO_SETS), or the data root (${' / $'.join(ROOT_ENV_VARS)}, "
+                f"currently {os.path.abspath(dataset_root())}; Detectron2's builtin sets such as "
+                f"COCO use $DETECTRON2_DATASETS); see datasets/README.md for the expected layout",
+                path=path,
             )
 
 
@@ -126,13 +131,25 @@ def ensure_dataset_ready(name: str) -> None:
 
     Mini digits sets are generated if missing; for other sets with a ``json_file`` in their
     metadata (COCO-format, including Detectron2's builtin COCO) the files must exist and the
-    JSON must parse. Call it for every name in DATASETS.TRAIN/TEST.
+    JSON must parse. The set's loader is wrapped with the annotation checks (once). Call it
+    for every name in DATASETS.TRAIN/TEST.
     """
     if name in DEFAULT_SPECS:
         ensure_generated(name)
         return
     if name not in DatasetCatalog.list():
-        raise KeyError(f"Dataset '{name}' is not registered. Available: {', '.join(DatasetCatalog.list())}")
+        available = sorted(DatasetCatalog.list())
+        mini = [n for n in available if n.startswith("mini_digits")]
+        others = [n for n in available if not n.startswith("mini_digits")]
+        listed = mini + others[: max(0, _MAX_LISTED - len(mini))]
+        more = len(available) - len(listed)
+        raise UnregisteredDatasetError(
+            f"data set '{name}' is not registered (DATASETS.TRAIN / DATASETS.TEST): register your "
+            f"COCO-format data with DATASETS.COCO_SETS \"('{name}:path/to/annotations.json:"
+            f"path/to/images',)\" (datasets/README.md), or use one of {', '.join(listed)}"
+            + (f" and {more} more" if more > 0 else ""), key="DATASETS.TRAIN",
+        )
+    _wrap_with_checks(name)
     meta = MetadataCatalog.get(name)
     json_file = getattr(meta, "json_file", None)
     if json_file is None:
@@ -141,21 +158,68 @@ def ensure_dataset_ready(name: str) -> None:
     read_coco_json(json_file, "fix or replace it.")
 
 
+# Names whose registered loader already runs the checks.
+_CHECKED: set = set()
+# Names whose check summary was logged (once per process).
+_REPORTED: set = set()
+
+
+def _checked_loader(name: str, load: Callable[[], List[Dict]]) -> Callable[[], List[Dict]]:
+    """``load`` with a shared parse of COCO JSON files, load errors naming the file, and the
+    annotation checks (summary logged the first time)."""
+
+    def checked() -> List[Dict]:
+        try:
+            with shared_coco_api("load"):
+                dicts = load()
+        except MGDUserError:
+            raise
+        except (KeyError, AssertionError, ValueError, TypeError) as err:
+            json_file = getattr(MetadataCatalog.get(name), "json_file", None)
+            if json_file is None:
+                raise
+            message = str(err.args[0]) if err.args else type(err).__name__
+            raise DataError(
+                f"data set '{name}': cannot load {json_file}: {message}; fix the annotation file",
+                path=json_file,
+            ) from err
+        check_dataset_dicts(dicts, name, log=name not in _REPORTED)
+        _REPORTED.add(name)
+        return dicts
+
+    checked.mgd_checked = True
+    return checked
+
+
+def _wrap_with_checks(name: str) -> None:
+    """Re-register a set registered elsewhere (Detectron2's builtins, ``register_coco_instances``)
+    with :func:`_checked_loader` around its loader."""
+    if name in _CHECKED:
+        return
+    load = DatasetCatalog[name]  # the registered function (a UserDict item), not its result
+    if getattr(load, "mgd_checked", False):
+        _CHECKED.add(name)
+        return
+    DatasetCatalog.remove(name)
+    DatasetCatalog.register(name, _checked_loader(name, load))
+    _CHECKED.add(name)
+
+
 def _mini_digits_loader(name: str) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         json_file = ensure_generated(name)
-        return load_coco_json(json_file, MetadataCatalog.get(name).image_root, name)
+        return load_coco_json(json_file, MetadataCatalog.get(name).image_root, name, _EXTRA_ANNOTATION_KEYS)
 
-    return load
+    return _checked_loader(name, load)
 
 
 def _coco_loader(name: str, json_file: str, image_root: str) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         _check_paths(name, json_file, image_root)
         read_coco_json(json_file, "fix or replace it.")
-        return load_coco_json(json_file, image_root, name)
+        return load_coco_json(json_file, image_root, name, _EXTRA_ANNOTATION_KEYS)
 
-    return load
+    return _checked_loader(name, load)
 
 
 def register_coco_dataset(
@@ -181,3 +245,47 @@ def register_mini_digits() -> None:
             continue
         DatasetCatalog.register(name, _mini_digits_loader(name))
         _set_metadata(name, **_mini_digits_metadata(name))
+
+
+# ------------------------------------------------------------- DATASETS.COCO_SETS
+def parse_coco_set(entry: str) -> Tuple[str, str, str]:
+    """``"NAME:ANNOTATIONS.json:IMAGE_DIR"`` -> (name, json_file, image_root)."""
+    parts = entry.split(":") if isinstance(entry, str) else []
+    if len(parts) != 3 or not all(p.strip() for p in parts):
+        raise ConfigError(
+            f"DATASETS.COCO_SETS entry {entry!r} must be 'NAME:ANNOTATIONS.json:IMAGE_DIR', e.g. "
+            "'my_train:data/annotations/train.json:data/images'", key="DATASETS.COCO_SETS",
+        )
+    name, json_file, image_root = (p.strip() for p in parts)
+    return name, os.path.expanduser(json_file), os.path.expanduser(image_root)
+
+
+def register_config_datasets(cfg) -> List[str]:
+    """Register the sets of ``cfg.DATASETS.COCO_SETS`` (idempotent); returns their names.
+
+    The files are checked when a set is first used. A name already registered with other
+    files, or a bundled name, is an error.
+    """
+    names = []
+    for entry in getattr(cfg.DATASETS, "COCO_SETS", ()) or ():
+        name, json_file, image_root = parse_coco_set(entry)
+        if name in DEFAULT_SPECS:
+            raise ConfigError(
+                f"DATASETS.COCO_SETS entry {entry!r} reuses the bundled name '{name}': choose "
+                "another name", key="DATASETS.COCO_SETS",
+            )
+        if name in DatasetCatalog.list():
+            meta = MetadataCatalog.get(name)
+            same = (getattr(meta, "json_file", None), getattr(meta, "image_root", None)) == (json_file, image_root)
+            if not same:
+                raise ConfigError(
+                    f"DATASETS.COCO_SETS entry {entry!r}: '{name}' is already registered with "
+                    f"{getattr(meta, 'json_file', '(no json_file)')}: choose another name",
+                    key="DATASETS.COCO_SETS",
+                )
+        else:
+            register_coco_dataset(name, json_file, image_root)
+            logger.info("Registered data set '%s': %s, images in %s", name, json_file, image_root)
+        names.append(name)
+    return names
+

@@ -1,77 +1,144 @@
-"""Checkpoint loading for MGD runs: resume checks, plain-detector fine-tuning, export.
+"""Checkpoint saving and loading for MGD runs: atomic saves, resume checks, export.
 
 An MGD checkpoint (``DetectionCheckpointer`` format) holds the wrapper's state dict: the
-student under ``student.``, the distillation branch under ``distiller.`` and the teacher's
-file digest ``teacher_sha256``; the teacher itself is reloaded from its own file. Everything
-in it is a tensor or a Python primitive, so ``torch.load(..., weights_only=True)`` reads it.
+student under ``student.``, the distillation state under ``distiller.`` and the teacher's
+file digest ``teacher_sha256`` (the teacher itself is reloaded from its own file), plus
+``mgd_settings``: the MGD config values the distillation state depends on. Everything in it
+is a tensor or a Python primitive, so ``torch.load(..., weights_only=True)`` reads it.
 
-:class:`MGDCheckpointer` loads
+:class:`MGDCheckpointer`
 
-- an MGD checkpoint strictly (missing, unexpected or mis-shaped keys are an error, raised
-  *before* any weight is copied), checking that the teacher file is the one the checkpoint
-  was trained with;
-- a plain detector checkpoint (no ``student.`` keys) into the student only, strictly when it
-  is a full detector checkpoint; the distillation branch keeps its fresh values. Files that
-  need Detectron2's name-matching heuristics (ImageNet ``.pkl`` backbones) load as Detectron2
+- saves atomically (temporary file, fsync, rename; ``last_checkpoint`` the same way): a
+  killed process, a full disk or a file-size limit leaves the previous checkpoint and
+  ``last_checkpoint`` intact, and a failed save names the file and the cause;
+- on ``--resume`` without ``last_checkpoint`` but with checkpoint files, resumes from the
+  newest readable one and says so (WARNING); with nothing usable it says so too;
+- loads an MGD checkpoint strictly (missing, unexpected or mis-shaped keys are an error,
+  raised *before* any weight is copied), checking that the teacher file is the one the
+  checkpoint was trained with and, on resume, that the MGD settings are (a changed
+  MGD.REDUCER or pathway list is named as such);
+- loads a plain detector checkpoint (no ``student.`` keys) into the student only, strictly
+  when it is a full detector checkpoint; the distillation branch keeps its fresh values
+  (but refuses it on resume: the run in OUTPUT_DIR is not this MGD run). Files that need
+  Detectron2's name-matching heuristics (ImageNet ``.pkl`` backbones) load as Detectron2
   loads them, missing heads included.
 
-Unreadable (e.g. truncated) files raise :class:`CheckpointLoadError` naming the file.
+Unreadable files raise :class:`CheckpointLoadError` naming the file; a valid file refused by
+torch's ``weights_only`` is not called corrupt (:class:`UnsafeCheckpointError`).
 """
 import logging
+import os
 import random
-from typing import Dict
+import re
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
+from mgd_det.atomic_io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from mgd_det.errors import CheckpointError
+from mgd_det.modeling.checkpoint_files import (  # noqa: F401  (re-exported)
+    DIGEST_KEY,
+    STUDENT_PREFIX,
+    CheckpointLoadError,
+    UnsafeCheckpointError,
+    is_mgd_state,
+    load_failure,
+)
 from mgd_det.modeling.teacher import IncompatibleWeightsError, incompatibility_problems
 
 logger = logging.getLogger(__name__)
 
-STUDENT_PREFIX = "student."
-DIGEST_KEY = "teacher_sha256"
+LAST_CHECKPOINT = "last_checkpoint"
+SETTINGS_KEY = "mgd_settings"
 # Keys Detectron2 itself tolerates: pixel statistics come from the config, cell anchors
 # are non-persistent buffers that old checkpoints still carry.
 _TOLERATED_MISSING_SUFFIXES = ("pixel_mean", "pixel_std")
 _TOLERATED_UNEXPECTED_PART = "anchor_generator.cell_anchors"
+# Detectron2's periodic checkpoints: model_0000199.pth ... model_final.pth.
+_RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
+
+# MGD settings the distillation state depends on: a resume with another value is refused.
+RESUME_FIXED_KEYS = (
+    "MGD.STUDENT_META_ARCHITECTURE", "MGD.POSITIONS", "MGD.PATHWAYS", "MGD.REDUCER",
+    "MGD.STUDENT_NORM", "MGD.NORM_GROUPS", "MGD.ALLOW_CHANNEL_SHARING", "MGD.WEIGHTING",
+    "MGD.KD.ENABLED",
+)
+# MGD settings that may change on resume (logged as a WARNING).
+RESUME_LOGGED_KEYS = (
+    "MGD.FACTORS", "MGD.LOSS_WEIGHT", "MGD.KD.WEIGHT", "MGD.KD.TEMPERATURE", "MGD.UPDATE.PERIOD",
+    "MGD.UPDATE.SLOW_AFTER", "MGD.UPDATE.SLOW_PERIOD", "MGD.UPDATE.NUM_BATCHES",
+)
 
 
-class CheckpointLoadError(RuntimeError):
-    """A checkpoint file cannot be read (missing, truncated, corrupt or not a checkpoint)."""
-
-
-class TeacherChangedError(RuntimeError):
+class TeacherChangedError(CheckpointError):
     """Resuming with a teacher file other than the one the checkpoint was trained with."""
 
 
-def is_mgd_state(state: Dict) -> bool:
-    return any(key.startswith(STUDENT_PREFIX) for key in state)
+class CheckpointSaveError(CheckpointError):
+    """A checkpoint could not be written (the previous one is intact)."""
+
+
+class ResumeMismatchError(CheckpointError):
+    """The checkpoint to resume from belongs to another kind of run or other MGD settings."""
+
+
+def _plain(value):
+    """A config value as weights_only-safe primitives (tuples become lists)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    return value
+
+
+def mgd_settings(cfg) -> Dict:
+    """The values of :data:`RESUME_FIXED_KEYS` and :data:`RESUME_LOGGED_KEYS` in ``cfg``."""
+    settings = {}
+    for key in RESUME_FIXED_KEYS + RESUME_LOGGED_KEYS:
+        node = cfg
+        try:
+            for part in key.split("."):
+                node = node[part]
+        except (KeyError, AttributeError):
+            continue
+        settings[key] = _plain(node)
+    return settings
 
 
 def student_state_dict(state: Dict) -> Dict[str, torch.Tensor]:
     """The student's plain state dict from an MGD state dict (prefix stripped, rest dropped)."""
     if not is_mgd_state(state):
-        raise ValueError(
-            f"not an MGD checkpoint: no key starts with {STUDENT_PREFIX!r} "
-            f"(first keys: {sorted(state)[:5]})"
+        raise CheckpointError(
+            f"not an MGD checkpoint: no key starts with {STUDENT_PREFIX!r} (first keys: "
+            f"{sorted(state)[:3]}); it is already a plain checkpoint: use it as it is"
         )
     n = len(STUDENT_PREFIX)
     return {key[n:]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}
 
 
-def export_student(checkpoint_file: str, output_file: str) -> Dict[str, torch.Tensor]:
-    """Write the student of an MGD checkpoint as a plain ``{"model": state_dict}`` file."""
+def read_student_state(checkpoint_file: str) -> Dict[str, torch.Tensor]:
+    """The student's plain state dict of an MGD checkpoint file."""
     try:
         data = torch.load(checkpoint_file, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise CheckpointLoadError(f"Cannot read checkpoint {checkpoint_file}: {err}") from err
-    state = student_state_dict(data.get("model", data) if isinstance(data, dict) else {})
+        raise load_failure(checkpoint_file, err) from err
+    try:
+        state = student_state_dict(data.get("model", data) if isinstance(data, dict) else {})
+    except CheckpointError as err:
+        raise CheckpointError(f"{checkpoint_file}: {err}", path=checkpoint_file) from None
     foreign = [k for k in state if k.startswith(("distiller.", "_teacher.", DIGEST_KEY, STUDENT_PREFIX))]
     if foreign:  # e.g. a student that itself wraps a distiller
-        raise ValueError(f"{checkpoint_file}: the student's state holds foreign keys {foreign[:5]}")
-    torch.save({"model": state}, output_file)
+        raise CheckpointError(f"{checkpoint_file}: the student's state holds foreign keys {foreign[:5]}",
+                              path=checkpoint_file)
+    return state
+
+
+def export_student(checkpoint_file: str, output_file: str) -> Dict[str, torch.Tensor]:
+    """Write the student of an MGD checkpoint as a plain ``{"model": state_dict}`` file
+    (atomically)."""
+    state = read_student_state(checkpoint_file)
+    atomic_torch_save({"model": state}, output_file)
     return state
 
 
@@ -91,7 +158,7 @@ def incompatible_keys(state: Dict, model_state: Dict) -> _IncompatibleKeys:
 
 
 def raise_if_incompatible(incompatible: _IncompatibleKeys, what: str, filename: str, hint: str):
-    problems = incompatibility_problems(incompatible, limit=8)
+    problems = incompatibility_problems(incompatible)
     if problems:
         raise IncompatibleWeightsError(
             f"Checkpoint {filename} does not fit the {what}: {'; '.join(problems)}. Nothing was "
@@ -151,61 +218,243 @@ def load_module_ema_state(model, state: Dict[str, float]) -> None:
 
 
 # ---------------------------------------------------------------------------- checkpointer
-class MGDCheckpointer(DetectionCheckpointer):
-    """DetectionCheckpointer with MGD-aware, all-or-nothing loading (see the module doc).
+def _split(incompatible: _IncompatibleKeys, student: bool) -> _IncompatibleKeys:
+    """The student part (``student.`` keys) or the rest (the distillation state)."""
+    keep = (lambda k: k.startswith(STUDENT_PREFIX)) if student else (lambda k: not k.startswith(STUDENT_PREFIX))
+    return _IncompatibleKeys(
+        missing_keys=[k for k in incompatible.missing_keys if keep(k)],
+        unexpected_keys=[k for k in incompatible.unexpected_keys if keep(k)],
+        incorrect_shapes=[t for t in incompatible.incorrect_shapes if keep(t[0])],
+    )
 
-    Works for plain detectors too (then only the readable-file check is added).
+
+def _checkpoint_order(name: str) -> Tuple[int, int]:
+    match = _RUN_CHECKPOINT.match(name)
+    if not match:
+        return (-1, 0)
+    return (1, 0) if match.group(1) == "final" else (0, int(match.group(1)))
+
+
+class MGDCheckpointer(DetectionCheckpointer):
+    """DetectionCheckpointer with atomic saves and MGD-aware, all-or-nothing loading (see
+    the module doc). Works for plain detectors too.
 
     Args:
         teacher_weights: the current MGD.TEACHER.WEIGHTS, named in error messages.
+        settings: :func:`mgd_settings` of the run's config (saved, and compared on resume).
     """
 
-    def __init__(self, model, save_dir="", *, teacher_weights: str = "", **checkpointables):
+    def __init__(self, model, save_dir="", *, teacher_weights: str = "", settings: Optional[Dict] = None,
+                 **checkpointables):
         super().__init__(model, save_dir, **checkpointables)
         self.teacher_weights = teacher_weights
+        self.settings = settings
         self._resuming = False
         self._filename = ""
+        self._probed: Optional[Tuple[str, Dict]] = None
+        # The file the last resume_or_load resumed from ("" if it did not resume).
+        self.resumed_from = ""
+        if self.save_to_disk and self._local_dir() and os.path.isdir(self.save_dir):
+            remove_stale_temporaries(self.save_dir)
+
+    def _local_dir(self) -> bool:
+        return bool(self.save_dir) and "://" not in self.save_dir
+
+    # ------------------------------------------------------------------ saving
+    def save(self, name: str, **kwargs) -> None:
+        """Like fvcore's ``save``, written atomically; a failure names the file and the cause."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        if not self._local_dir():
+            return super().save(name, **kwargs)
+        data = {"model": self.model.state_dict()}
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        if self.settings is not None:
+            data[SETTINGS_KEY] = dict(self.settings)
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        logger.info("Saving checkpoint to %s", save_file)
+        try:
+            os.makedirs(self.save_dir, exist_ok=True)
+            atomic_torch_save(data, save_file)
+        except Exception as err:
+            raise self._save_error(save_file, err) from err
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        if not self._local_dir():
+            return super().tag_last_checkpoint(last_filename_basename)
+        save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        try:
+            atomic_write_text(save_file, last_filename_basename)
+        except Exception as err:
+            raise self._save_error(save_file, err) from err
+
+    def _save_error(self, save_file: str, err: BaseException) -> CheckpointSaveError:
+        previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        kept = (f"the previous checkpoint {previous} and {LAST_CHECKPOINT} are intact" if previous
+                else "no earlier checkpoint of this run exists")
+        cause = f"{type(err).__name__}: {' '.join(str(err).split())}"
+        return CheckpointSaveError(
+            f"could not save checkpoint {save_file} ({cause}); {kept}: free disk space (or raise "
+            "the file-size limit, or choose another OUTPUT_DIR) and continue with --resume",
+            path=save_file,
+        )
+
+    # ------------------------------------------------------------------ loading
+    def load(self, path, *args, **kwargs):
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointLoadError(
+                f"checkpoint {path} not found (MODEL.WEIGHTS, or the {LAST_CHECKPOINT} file of "
+                f"{self.save_dir or 'OUTPUT_DIR'}): check the path, or leave MODEL.WEIGHTS empty to "
+                "start from scratch", path=path,
+            )
+        try:
+            return super().load(path, *args, **kwargs)
+        finally:
+            self._parsed_url_during_load = None  # Detectron2 leaves it set after an error
+            self._probed = None
 
     def resume_or_load(self, path: str, *, resume: bool = True):
-        self._resuming = resume and self.has_checkpoint()
+        """Resume from the run in ``save_dir`` (``resume`` and a usable checkpoint there), else
+        load ``path`` (MODEL.WEIGHTS) without the trainer state. :attr:`resumed_from` tells which."""
+        self.resumed_from = ""
+        target = self._resume_target() if resume else None
+        self._resuming = target is not None
         try:
-            return super().resume_or_load(path, resume=resume)
+            if target is None:
+                return self.load(path, checkpointables=[])
+            result = self.load(target)
+            self.resumed_from = target
+            return result
         finally:
             self._resuming = False
 
-    def _load_file(self, filename):
+    def _candidates(self) -> List[str]:
+        if not os.path.isdir(self.save_dir):
+            return []
+        names = [n for n in os.listdir(self.save_dir) if _RUN_CHECKPOINT.match(n)]
+        return sorted(names, key=_checkpoint_order, reverse=True)
+
+    def _resume_target(self) -> Optional[str]:
+        """The file ``--resume`` continues from: the one ``last_checkpoint`` names; else (it is
+        missing or names a missing file) the newest readable checkpoint of the folder, loudly;
+        None when there is none (also said loudly when the folder had checkpoint files)."""
+        if not self._local_dir():
+            return self.get_checkpoint_file() if self.has_checkpoint() else None
+        last_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
+        if self.has_checkpoint():
+            named = self.get_checkpoint_file()
+            if os.path.isfile(named):
+                return named
+            reason = f"{last_file} names {named}, which does not exist"
+        else:
+            reason = f"{last_file} does not exist"
+        candidates = self._candidates()
+        if not candidates:
+            if os.path.isfile(last_file):
+                logger.warning("--resume: %s and no checkpoint is left in %s: starting a new run "
+                               "from MODEL.WEIGHTS at iteration 0.", reason, self.save_dir)
+            return None
+        skipped = []
+        for name in candidates:
+            path = os.path.join(self.save_dir, name)
+            try:
+                data = self._read(path, probe=True)
+            except UnsafeCheckpointError:
+                raise
+            except CheckpointLoadError as err:
+                cause = err.__cause__
+                skipped.append(f"{name} ({type(cause).__name__ if cause else 'unreadable'})")
+                continue
+            self._probed = (path, data)
+            logger.warning(
+                "--resume: %s; resuming from the newest readable checkpoint %s%s.",
+                reason, path, f", skipping unreadable {', '.join(skipped)}" if skipped else "",
+            )
+            if self.save_to_disk:
+                self.tag_last_checkpoint(name)
+            return path
+        logger.warning(
+            "--resume: %s and no checkpoint in %s is readable (%s): starting a new run from "
+            "MODEL.WEIGHTS at iteration 0; the unreadable files will be overwritten as the run "
+            "saves.", reason, self.save_dir, ", ".join(skipped),
+        )
+        return None
+
+    def _read(self, filename, probe: bool = False):
+        """The file's content, with a clear error if unreadable. ``probe``: outside ``load``
+        (Detectron2's reader insists on running inside it), for run checkpoints (.pth)."""
+        if self._probed is not None and self._probed[0] == filename:
+            return self._probed[1]
         try:
-            data = super()._load_file(filename)
-        except Exception as err:  # any reader failure: name the file, keep the cause
-            raise CheckpointLoadError(
-                f"Cannot read checkpoint {filename}: {type(err).__name__}: {err}. The file is "
-                "truncated or corrupt (e.g. the run was killed while saving) or not a checkpoint. "
-                "Delete it; to resume from an earlier checkpoint, write that file's name into "
-                "last_checkpoint in the output directory."
-            ) from err
+            data = self._torch_load(filename) if probe else super()._load_file(filename)
+            if probe and isinstance(data, dict) and "model" not in data:
+                data = {"model": data}
+        except Exception as err:  # any reader failure: name the file, say what it is
+            raise load_failure(filename, err) from err
         if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
-            raise CheckpointLoadError(f"Checkpoint {filename} holds no 'model' state dict.")
+            raise CheckpointLoadError(f"checkpoint {filename} holds no 'model' state dict: it is not a "
+                                      "Detectron2 checkpoint", path=filename)
+        return data
+
+    def _load_file(self, filename):
+        data = self._read(filename)
         self._filename = filename
         return data
 
     def _load_model(self, checkpoint):
         from mgd_det.modeling.meta_arch import MGDDistiller
 
-        if not isinstance(self.model, MGDDistiller):
-            return super()._load_model(checkpoint)
         state = checkpoint["model"]
+        if not isinstance(self.model, MGDDistiller):
+            if is_mgd_state(state):
+                raise ResumeMismatchError(
+                    f"checkpoint {self._filename} is an MGD checkpoint (a student with its distillation "
+                    "state) but this config builds a plain detector: use the MGD config it was trained "
+                    f"with, or export its student (python tools/export_student.py {self._filename} "
+                    "student.pth) and load that", path=self._filename,
+                )
+            return super()._load_model(checkpoint)
         for key in [k for k in state if k.startswith("module.")]:  # saved from a DDP model
             state[key[len("module."):]] = state.pop(key)
         if not is_mgd_state(state):
+            if self._resuming:
+                raise ResumeMismatchError(
+                    f"cannot resume this MGD run from {self._filename}: it is a plain detector checkpoint "
+                    "(no 'student.' keys), e.g. written by a plain run into the same OUTPUT_DIR: start the "
+                    f"MGD run in a fresh OUTPUT_DIR, with MODEL.WEIGHTS {self._filename} (no --resume) to "
+                    "start from this detector", path=self._filename,
+                )
             return self._load_plain_into_student(checkpoint)
+        if self._resuming:
+            self._check_settings(checkpoint.get(SETTINGS_KEY))
+        incompatible = incompatible_keys(state, self.model.state_dict())
         raise_if_incompatible(
-            incompatible_keys(state, self.model.state_dict()),
+            _split(incompatible, student=True),
             "MGD model (student and distillation branch)",
             self._filename,
-            "It was saved by a run with another student architecture, other MGD.POSITIONS or "
-            "another teacher width. To start from its student anyway, export the student with "
-            "tools/export_student.py and use that file as MODEL.WEIGHTS.",
+            "It was saved by a run with another student architecture. To start from its student "
+            "anyway, export the student with tools/export_student.py and use that file as MODEL.WEIGHTS.",
         )
+        distill_problems = incompatibility_problems(_split(incompatible, student=False))
+        if distill_problems:
+            if self._resuming:
+                raise ResumeMismatchError(
+                    f"checkpoint {self._filename} was trained with a different MGD.REDUCER / pathways "
+                    "(MGD.POSITIONS, MGD.PATHWAYS, MGD.STUDENT_NORM): its distillation state does not fit "
+                    f"({'; '.join(distill_problems)}). Nothing was loaded: resume with the settings it "
+                    f"was trained with (see {os.path.join(self.save_dir, 'config.yaml')}), or start a "
+                    f"fresh OUTPUT_DIR with MODEL.WEIGHTS {self._filename} to continue with the new ones",
+                    path=self._filename,
+                )
+            logger.warning(
+                "Checkpoint %s was trained with other MGD settings (distillation state: %s): loading "
+                "its student only; the distillation branch starts fresh.", self._filename, "; ".join(distill_problems),
+            )
+            return self._load_student_of_mgd(checkpoint)
         teacher_changed = self._teacher_changed(state.get(DIGEST_KEY))
         current_digest = self.model.teacher_sha256.clone()
         incompatible = super()._load_model(checkpoint)
@@ -213,6 +462,28 @@ class MGDCheckpointer(DetectionCheckpointer):
             self.model.teacher_sha256.copy_(current_digest)
             self.model.distiller.assigned.fill_(False)  # re-solve against the new teacher
         return incompatible
+
+    def _check_settings(self, saved: Optional[Dict]) -> None:
+        """Name the MGD settings that changed since the checkpoint was written."""
+        if not saved or self.settings is None:
+            return
+        changed = [(k, saved[k], self.settings[k]) for k in self.settings if k in saved and saved[k] != self.settings[k]]
+        fixed = [c for c in changed if c[0] in RESUME_FIXED_KEYS]
+        if fixed:
+            listed = ", ".join(f"{k} {a!r} (now {b!r})" for k, a, b in fixed)
+            raise ResumeMismatchError(
+                f"checkpoint {self._filename} was trained with {listed}: resume with the settings it was "
+                "trained with, or start a fresh OUTPUT_DIR with MODEL.WEIGHTS "
+                f"{self._filename} (no --resume) to continue with the new ones", path=self._filename,
+            )
+        if changed:
+            logger.warning("Resuming with changed settings: %s",
+                           ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed))
+
+    def _load_student_of_mgd(self, checkpoint):
+        student_only = dict(checkpoint)
+        student_only["model"] = student_state_dict(checkpoint["model"])
+        return self._load_plain_into_student(student_only)
 
     def _load_plain_into_student(self, checkpoint):
         student = self.model.student
