@@ -7,12 +7,13 @@ pathway specs and return a :class:`~mgd_det.matching.weighting.LossWeighting` ov
 pathway names.
 """
 import logging
-from typing import List, Sequence
+from typing import Dict, List, Sequence
 
 from detectron2.config import CfgNode
 from detectron2.utils.registry import Registry
 
 from mgd_det.matching.distiller import mgd_pathway_specs
+from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting
 from mgd_det.matching.pathways import PathwaySpec, parse_pathway
 from mgd_det.matching.weighting import ConstantWeighting, LossWeighting
 
@@ -48,7 +49,33 @@ def pathway_specs_from_cfg(cfg: CfgNode) -> List[PathwaySpec]:
 @LOSS_WEIGHTING_REGISTRY.register()
 def constant(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
     """Each pathway's factor times MGD.LOSS_WEIGHT, fixed by the config."""
-    return ConstantWeighting({s.name: s.factor * cfg.MGD.LOSS_WEIGHT for s in specs})
+    return ConstantWeighting(configured_weights(cfg, specs))
+
+
+def configured_weights(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> Dict[str, float]:
+    """``{pathway: factor x MGD.LOSS_WEIGHT}``: the constant weights, and the learned ones' reference."""
+    return {s.name: s.factor * cfg.MGD.LOSS_WEIGHT for s in specs}
+
+
+@LOSS_WEIGHTING_REGISTRY.register()
+def learned(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
+    """DistPro: one logit per pathway, the configured weights as reference (the meta-step is
+    mgd_det/engine/distpro.py). The logits are frozen here (requires_grad False: out of the
+    student's optimizer, backward and DDP); only the meta-step moves them."""
+    weighting = LearnedWeighting([s.name for s in specs], configured_weights(cfg, specs))
+    weighting.logits.requires_grad_(False)
+    return weighting
+
+
+@LOSS_WEIGHTING_REGISTRY.register()
+def replay(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
+    """A learned run's weight trajectory (MGD.DISTPRO.TRAJECTORY), stretched from
+    MGD.DISTPRO.REPLAY_SOURCE_ITERS to SOLVER.MAX_ITER; weights as recorded (not rescaled)."""
+    distpro = cfg.MGD.DISTPRO
+    return ReplayWeighting(
+        [s.name for s in specs], distpro.TRAJECTORY, stretch_to_iters=cfg.SOLVER.MAX_ITER,
+        source_iters=distpro.REPLAY_SOURCE_ITERS or cfg.SOLVER.MAX_ITER,
+    )
 
 
 def build_loss_weighting(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:

@@ -1,0 +1,309 @@
+"""DistPro in Detectron2's trainer: learned pathway weights (``MGD.WEIGHTING "learned"``) and
+their replay (``"replay"``). The method itself (weighting, meta-step, trajectory file) is the
+Detectron2-free core :mod:`mgd_det.matching.distpro`; this module decides when it runs, on
+which batches, and what is logged and checkpointed.
+
+Learned mode, per run:
+
+- The weighting is ``model.distiller.weighting`` (built by ``MGD.WEIGHTING``), so the
+  model's forward uses it. Its logits are frozen outside the meta-step (``requires_grad``
+  False from the builder on): the ordinary backward gives them no gradient, the student's
+  optimizer never holds them (:func:`exclude_weighting_params` also removes them by
+  identity) and DDP, which wraps the model after they were frozen, neither registers nor
+  averages them. Only the meta-step moves them, with its own Adam; the hypergradient is
+  averaged over processes there, so every rank holds the same logits.
+- When and on what: every ``MGD.DISTPRO.PERIOD`` iterations (at iterations 0, M, 2M, ...),
+  before that step's forward, on the very batch that step trains on. The training loader is
+  wrapped in a :class:`~mgd_det.engine.batch_observer.BatchObserver` whose callback runs the
+  meta-step as the batch is handed to ``run_step``; Detectron2's ``run_step`` is not copied.
+  (Detectron2 counts that time as the step's ``data_time``.)
+- Held-out batches: a seeded share of the training set, excluded from the training stream
+  (:mod:`mgd_det.engine.heldout`).
+- What the meta-step's extra forwards would change is put back: parameters, buffers and the
+  RNG (the core does that), plus what it cannot see -- the detectors' Python-attribute EMAs
+  (RetinaNet's loss normaliser), the finiteness flags of the assignment hook, and the
+  heads' own scalars (they go to a scratch ``EventStorage``). So a run's training stream does
+  not depend on anything but the weights the meta-step chose.
+- Logged per meta-step to EventStorage (TensorBoard, metrics.json): ``distpro/weight_<pathway>``,
+  ``distpro/hypergradient_norm``, ``distpro/heldout_loss`` (after the virtual step),
+  ``distpro/seconds``. The trajectory (the weights after every meta-step) is written to
+  ``OUTPUT_DIR/distpro_trajectory.json`` at every checkpoint period and when training ends
+  (atomically; ``tools/plot_weights.py`` plots it, ``"replay"`` replays it).
+- Checkpoint: the hook's state (``trainer.state_dict()["hooks"]["DistProHook"]``) holds the
+  logits with their Adam state, the held-out position and the trajectory, all tensors or
+  plain values. The trajectory is kept here, not in the weighting's growing buffers: those
+  are in the model's state dict, which the MGD checkpointer loads with a strict shape check,
+  so they stay empty (fixed shape) and the model checkpoint holds only the logits.
+
+Replay mode: ``ReplayHook`` sets the iteration of the
+:class:`~mgd_det.matching.distpro.ReplayWeighting` before every step; no meta-step, no split.
+"""
+import contextlib
+import logging
+import os
+import time
+from typing import Iterator, List, Sequence, Tuple
+
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils import comm
+from detectron2.utils.events import EventStorage, get_event_storage
+
+from mgd_det.engine.batch_observer import BatchObserver
+from mgd_det.engine.checkpoint import load_module_ema_state, module_ema_state
+from mgd_det.engine.heldout import HeldOutBatches, split_heldout
+from mgd_det.errors import CheckpointError, ConfigError
+from mgd_det.matching.distpro import (
+    LearnedWeighting,
+    MetaWeightStep,
+    ReplayWeighting,
+    Trajectory,
+    save_trajectory,
+)
+
+logger = logging.getLogger(__name__)
+
+LEARNED, REPLAY = "learned", "replay"
+TRAJECTORY_FILE = "distpro_trajectory.json"
+SCALAR_PREFIX = "distpro/"
+
+
+def distpro_mode(cfg) -> str:
+    """"learned", "replay" or "" (no DistPro: constant weights or no MGD at all)."""
+    if cfg.MODEL.META_ARCHITECTURE != "MGDDistiller":
+        return ""
+    return cfg.MGD.WEIGHTING if cfg.MGD.WEIGHTING in (LEARNED, REPLAY) else ""
+
+
+def split_seed(cfg) -> int:
+    """Seed of the held-out split and order: SEED, or 0 when SEED is random (-1), so that a
+    resumed run and every rank cut the same split."""
+    return cfg.SEED if cfg.SEED >= 0 else 0
+
+
+def training_split(cfg, dicts: Sequence[dict]) -> Tuple[List[dict], List[dict]]:
+    """(dicts to train on, held-out dicts): the held-out split in learned mode, else all."""
+    if distpro_mode(cfg) != LEARNED:
+        return list(dicts), []
+    return split_heldout(dicts, cfg.MGD.DISTPRO.HELDOUT_FRACTION, split_seed(cfg))
+
+
+def wrap_train_loader(cfg, loader):
+    """The training loader, observable by the DistPro hook in learned mode (else unchanged)."""
+    return BatchObserver(loader) if distpro_mode(cfg) == LEARNED else loader
+
+
+def weighting_params(model) -> List[torch.nn.Parameter]:
+    distiller = getattr(model, "distiller", None)
+    return list(distiller.weighting.parameters()) if distiller is not None else []
+
+
+def exclude_weighting_params(optimizer: torch.optim.Optimizer, model) -> torch.optim.Optimizer:
+    """Remove the loss weighting's parameters (DistPro's logits) from the student's optimizer,
+    by identity. They are frozen, so Detectron2's builder already skips them; this keeps it
+    so whatever builds the optimizer."""
+    own = {id(p) for p in weighting_params(model)}
+    removed = 0
+    for group in optimizer.param_groups:
+        kept = [p for p in group["params"] if id(p) not in own]
+        removed += len(group["params"]) - len(kept)
+        group["params"] = kept
+    if removed:
+        logger.info("Removed %d loss-weighting parameter(s) from the student's optimizer", removed)
+    return optimizer
+
+
+def build_distpro_hooks(cfg, trainer) -> List[HookBase]:
+    """The hooks of ``cfg``'s DistPro mode for ``trainer`` (an MGDTrainer); [] without DistPro."""
+    mode = distpro_mode(cfg)
+    if not mode:
+        return []
+    weighting = trainer.unwrapped_model.distiller.weighting
+    if mode == REPLAY:
+        return [ReplayHook(weighting, cfg.MGD.DISTPRO.PERIOD)]
+    loader = trainer.data_loader
+    if not isinstance(loader, BatchObserver):
+        raise RuntimeError("DistPro needs the training loader wrapped by wrap_train_loader (MGDTrainer does it)")
+    heldout = getattr(loader, "heldout_dicts", None)
+    if heldout is None:  # a loader not built by MGDTrainer.build_train_loader, e.g. unlabeled folders
+        raise ConfigError(
+            f"MGD.WEIGHTING 'learned' needs labeled training sets only (DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} "
+            "includes unlabeled image folders, whose loader has no held-out split): use MGD.WEIGHTING "
+            "'constant' or 'replay' for label-free and mixed training", key="MGD.WEIGHTING",
+        )
+    return [DistProHook(cfg, trainer.unwrapped_model, trainer.optimizer, heldout, loader)]
+
+
+# ---------------------------------------------------------------------------- learned
+class TrajectoryRecord:
+    """The weights after every meta-step, as host lists; tensors in ``state_dict``."""
+
+    def __init__(self, names: Sequence[str]):
+        self.names = tuple(names)
+        self.iterations: List[int] = []
+        self.weights: List[List[float]] = []
+
+    def append(self, iteration: int, weights: Sequence[float]) -> None:
+        self.iterations.append(int(iteration))
+        self.weights.append([float(w) for w in weights])
+
+    def __len__(self) -> int:
+        return len(self.iterations)
+
+    def trajectory(self) -> Trajectory:
+        return Trajectory(self.names, tuple(self.iterations), tuple(map(tuple, self.weights)))
+
+    def state_dict(self) -> dict:
+        return {
+            "trajectory_iterations": torch.tensor(self.iterations, dtype=torch.int64),
+            "trajectory_weights": torch.tensor(self.weights, dtype=torch.float64).reshape(-1, len(self.names)),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.iterations = [int(i) for i in state["trajectory_iterations"].tolist()]
+        self.weights = [list(map(float, row)) for row in state["trajectory_weights"].tolist()]
+
+
+@contextlib.contextmanager
+def meta_step_scope(model, logits: torch.nn.Parameter, iteration: int) -> Iterator[None]:
+    """Undo what the meta-step's forwards change and the core does not restore (see the module
+    doc), and unfreeze the logits for the duration (the hypergradient is taken w.r.t. them)."""
+    ema = module_ema_state(model)
+    check_finite = getattr(model, "check_finite", False)
+    model.check_finite = False
+    logits.requires_grad_(True)
+    try:
+        with EventStorage(iteration):  # scratch: the heads' scalars stay out of the run's logs
+            yield
+    finally:
+        logits.requires_grad_(False)
+        model.check_finite = check_finite
+        load_module_ema_state(model, ema)
+
+
+class DistProHook(HookBase):
+    """Runs DistPro's meta-step every ``MGD.DISTPRO.PERIOD`` iterations (see the module doc).
+
+    Args:
+        model: the unwrapped MGDDistiller (not DDP); its ``distiller.weighting`` is learned.
+        student_optimizer: read for the virtual step's per-parameter LR (never stepped).
+        heldout_dicts: the held-out split's data set dicts.
+        observer: the training loader's BatchObserver; the hook registers its callback there.
+    """
+
+    def __init__(self, cfg, model, student_optimizer, heldout_dicts: Sequence[dict], observer: BatchObserver):
+        distpro = cfg.MGD.DISTPRO
+        weighting = model.distiller.weighting
+        if not isinstance(weighting, LearnedWeighting):
+            raise TypeError(f"DistProHook needs a LearnedWeighting; the model has {type(weighting).__name__}")
+        self.model = model
+        self.weighting = weighting
+        self.period = distpro.PERIOD
+        self.meta = MetaWeightStep(
+            model, self._train_losses, weighting, lr=distpro.LR, virtual_lr=distpro.VIRTUAL_LR or None,
+            student_optimizer=student_optimizer, fd_radius=distpro.FD_RADIUS,
+            compute_heldout_losses=self._heldout_losses, measure_heldout_before=False,
+        )
+        self.heldout = HeldOutBatches(cfg, heldout_dicts, seed=split_seed(cfg))
+        self.record = TrajectoryRecord(weighting.names)
+        self.num_meta_steps = 0
+        self.trajectory_file = os.path.join(cfg.OUTPUT_DIR, TRAJECTORY_FILE)
+        self.checkpoint_period = cfg.SOLVER.CHECKPOINT_PERIOD
+        self._loaded = False
+        self._teacher = None  # (training batch, its teacher output) during a meta-step
+        observer.add_callback(self._on_batch)
+
+    # ------------------------------------------------------------ losses for the core
+    def _train_losses(self, batch):
+        teacher_out = self._teacher[1] if self._teacher is not None and batch is self._teacher[0] else None
+        return self.model.split_losses(batch, teacher_out=teacher_out)
+
+    def _heldout_losses(self, batch):
+        return self.model.student(batch)  # task losses only: no teacher, no pathways
+
+    # ------------------------------------------------------------ the step
+    def _on_batch(self, batch) -> None:
+        iteration = self.trainer.iter
+        if iteration % self.period == 0:
+            self.meta_step(batch, iteration)
+
+    def meta_step(self, batch, iteration: int):
+        """One bi-level update on ``batch`` (this step's training batch) and the next held-out
+        batch; logs and records the new weights. Returns the core's MetaStepStats."""
+        start = time.perf_counter()
+        model = self.model
+        train = model.upload(batch)
+        heldout = model.upload(self.heldout.batch(self.num_meta_steps))
+        with meta_step_scope(model, self.weighting.logits, iteration):
+            self._teacher = (train, model.teacher_pass(train))  # the teacher is frozen: once
+            try:
+                stats = self.meta.step(train, heldout)
+            finally:
+                self._teacher = None
+        self.num_meta_steps += 1
+        self.record.append(iteration, [stats.weights[n] for n in self.weighting.names])
+        self._log(stats, iteration, time.perf_counter() - start)
+        return stats
+
+    def _log(self, stats, iteration: int, seconds: float) -> None:
+        storage = get_event_storage()
+        for name, weight in stats.weights.items():
+            storage.put_scalar(f"{SCALAR_PREFIX}weight_{name}", weight, smoothing_hint=False)
+        storage.put_scalar(f"{SCALAR_PREFIX}hypergradient_norm", stats.hypergradient_norm, smoothing_hint=False)
+        storage.put_scalar(f"{SCALAR_PREFIX}heldout_loss", stats.heldout_after, smoothing_hint=False)
+        storage.put_scalar(f"{SCALAR_PREFIX}seconds", seconds, smoothing_hint=False)
+        logger.info(
+            "DistPro meta-step %d at iteration %d (%.2fs): held-out loss %.4f, |hypergradient| %.3g, weights %s",
+            self.num_meta_steps, iteration, seconds, stats.heldout_after, stats.hypergradient_norm,
+            ", ".join(f"{n} {w:.3g}" for n, w in stats.weights.items()),
+        )
+
+    # ------------------------------------------------------------ hook API
+    def before_train(self):
+        if self.trainer.start_iter > 0 and not self._loaded:
+            raise CheckpointError(
+                f"resuming at iteration {self.trainer.start_iter} with MGD.WEIGHTING 'learned', but the "
+                "checkpoint holds no learned-weighting state (it was trained with another MGD.WEIGHTING): "
+                "resume with the weighting it was trained with, or start a fresh OUTPUT_DIR"
+            )
+
+    def after_step(self):
+        if self.checkpoint_period and (self.trainer.iter + 1) % self.checkpoint_period == 0:
+            self.export_trajectory()
+
+    def after_train(self):
+        self.export_trajectory()
+
+    def export_trajectory(self) -> None:
+        """Write OUTPUT_DIR/distpro_trajectory.json (main process; nothing before the first step)."""
+        if comm.is_main_process() and len(self.record):
+            save_trajectory(self.record.trajectory(), self.trajectory_file)
+
+    def state_dict(self):
+        return {"meta": self.meta.state_dict(), "num_meta_steps": self.num_meta_steps, **self.record.state_dict()}
+
+    def load_state_dict(self, state_dict):
+        self.meta.load_state_dict(state_dict["meta"])
+        self.num_meta_steps = int(state_dict["num_meta_steps"])
+        self.record.load_state_dict(state_dict)
+        self._loaded = True
+
+
+# ---------------------------------------------------------------------------- replay
+class ReplayHook(HookBase):
+    """Points the ReplayWeighting at the current iteration before every step; logs its
+    weights every ``log_period`` iterations."""
+
+    def __init__(self, weighting: ReplayWeighting, log_period: int):
+        if not isinstance(weighting, ReplayWeighting):
+            raise TypeError(f"ReplayHook needs a ReplayWeighting; the model has {type(weighting).__name__}")
+        self.weighting = weighting
+        self.log_period = max(1, log_period)
+
+    def before_step(self):
+        iteration = self.trainer.iter
+        self.weighting.set_iteration(iteration)
+        if iteration % self.log_period == 0:
+            storage = self.trainer.storage
+            for name, weight in zip(self.weighting.names, self.weighting.weight_vector().tolist()):
+                storage.put_scalar(f"{SCALAR_PREFIX}weight_{name}", weight, smoothing_hint=False)

@@ -1,0 +1,162 @@
+"""DistPro through the real trainer (tiny sets, CPU): learned weights train and move, stay out
+of the student's optimizer, resume exactly; replay follows the stretched trajectory."""
+import json
+
+import pytest
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+
+from mgd_det.engine import MGDTrainer
+from mgd_det.engine.batch_observer import BatchObserver
+from mgd_det.engine.distpro import TRAJECTORY_FILE, DistProHook, ReplayHook
+from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting, Trajectory, save_trajectory
+from test_resume import LOSS_RTOL, WEIGHT_ATOL, WEIGHT_RTOL, model_state, run
+
+CONFIG = "mgd_retinanet_R50_R18_distpro.yaml"
+# R18 teacher (fast); 16 tiny training images, 4 of them held out.
+OPTS = ["MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml", "MGD.DISTPRO.HELDOUT_FRACTION", "0.25",
+        "MGD.DISTPRO.LR", "0.1"]
+NAMES = ["amp_res2", "amp_res3", "amp_res4", "amp_res5", "sm_res4", "sm_res5"]
+
+
+class BatchIds(HookBase):
+    """The image ids of every training batch, seen through the loader's BatchObserver."""
+
+    def __init__(self):
+        self.ids = []
+
+    def before_train(self):
+        self.trainer.data_loader.add_callback(lambda batch: self.ids.append([d["image_id"] for d in batch]))
+
+
+def train(cfg, *hooks):
+    seed_all_rng(cfg.SEED)
+    trainer = MGDTrainer(cfg)
+    trainer.register_hooks(list(hooks))
+    trainer.resume_or_load(resume=False)
+    trainer.train()
+    return trainer
+
+
+def distpro_hook(trainer):
+    return next(h for h in trainer._hooks if isinstance(h, DistProHook))
+
+
+def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg):
+    cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "3", "MGD.DISTPRO.PERIOD", "2")
+    ids = BatchIds()
+    trainer = train(cfg, ids)
+    model = trainer.unwrapped_model
+    weighting = model.distiller.weighting
+    hook = distpro_hook(trainer)
+    assert isinstance(weighting, LearnedWeighting) and list(weighting.names) == NAMES
+
+    # Meta-steps at iterations 0 and 2 (PERIOD 2); the logits moved, every one of them.
+    assert hook.num_meta_steps == 2 and hook.record.iterations == [0, 2]
+    assert (weighting.logits != 0).all()
+    start = weighting.reference * len(NAMES) / (len(NAMES) + 1)
+    assert not torch.allclose(weighting.weight_vector(), start, rtol=1e-3)
+
+    # Frozen outside the meta-step and never in the student's optimizer.
+    assert not weighting.logits.requires_grad
+    in_optimizer = {id(p) for group in trainer.optimizer.param_groups for p in group["params"]}
+    assert id(weighting.logits) not in in_optimizer
+    assert len(in_optimizer) == sum(1 for p in model.parameters() if p.requires_grad)
+
+    # Held-out images never reach the training stream.
+    heldout_ids = {d["image_id"] for d in trainer.data_loader.heldout_dicts}
+    seen = {i for batch in ids.ids for i in batch}
+    assert len(heldout_ids) == 4 and len(ids.ids) == 3 and not heldout_ids & seen
+
+    # Trajectory file (what the hook recorded) and the scalars in metrics.json.
+    trajectory = json.loads((tmp_path / TRAJECTORY_FILE).read_text())
+    assert trajectory["names"] == NAMES and trajectory["iterations"] == [0, 2]
+    assert trajectory["weights"][-1] == pytest.approx(weighting.weight_vector().tolist(), rel=1e-6)
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    logged = {k for r in records for k in r if k.startswith("distpro/")}
+    assert {f"distpro/weight_{n}" for n in NAMES} | {"distpro/hypergradient_norm", "distpro/heldout_loss"} <= logged
+
+
+def test_meta_step_runs_before_the_forward_on_the_same_batch(tmp_path, tiny_cfg):
+    """The callback sees the batch the step then trains on, at the step's own iteration."""
+    cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "2", "MGD.DISTPRO.PERIOD", "1")
+    seen = []
+
+    class Spy(HookBase):
+        def before_train(self):
+            hook = distpro_hook(self.trainer)
+            original = hook.meta.step
+
+            def step(train_batch, heldout_batch, **kwargs):
+                seen.append((self.trainer.iter, [d["image_id"] for d in train_batch]))
+                return original(train_batch, heldout_batch, **kwargs)
+
+            hook.meta.step = step
+
+    ids = BatchIds()
+    train(cfg, Spy(), ids)
+    assert seen == list(enumerate(ids.ids))
+
+
+def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
+    """N + N iterations (interrupted, resumed) equal 2N, meta-steps on both sides of the cut."""
+    n = 2
+    common = [*OPTS, "SOLVER.MAX_ITER", str(2 * n), "SOLVER.CHECKPOINT_PERIOD", str(n), "MGD.DISTPRO.PERIOD", "1"]
+    full_trainer, full_losses = run(tiny_cfg(CONFIG, tmp_path / "full", *common))
+    cut_cfg = tiny_cfg(CONFIG, tmp_path / "cut", *common)
+    run(cut_cfg, interrupt_after=n - 1)
+    saved = torch.load(tmp_path / "cut" / f"model_{n - 1:07d}.pth", map_location="cpu", weights_only=True)
+    state = saved["trainer"]["hooks"]["DistProHook"]
+    assert state["num_meta_steps"] == n and state["trajectory_iterations"].tolist() == [0, 1]
+    assert saved["model"]["distiller.weighting.trajectory_weights"].shape == (0, len(NAMES))  # fixed shape
+    resumed_trainer, second_losses = run(cut_cfg, resume=True)
+    assert resumed_trainer.start_iter == n
+
+    for it, losses in second_losses.items():
+        assert losses == pytest.approx(full_losses[it], rel=LOSS_RTOL), f"iteration {it}"
+    full_hook, resumed_hook = distpro_hook(full_trainer), distpro_hook(resumed_trainer)
+    assert resumed_hook.num_meta_steps == full_hook.num_meta_steps == 2 * n
+    assert resumed_hook.record.iterations == full_hook.record.iterations == list(range(2 * n))
+    torch.testing.assert_close(torch.tensor(resumed_hook.record.weights), torch.tensor(full_hook.record.weights),
+                               rtol=WEIGHT_RTOL, atol=0)
+    full_adam, resumed_adam = full_hook.meta.optimizer.state_dict(), resumed_hook.meta.optimizer.state_dict()
+    for key in ("exp_avg", "exp_avg_sq", "step"):
+        torch.testing.assert_close(resumed_adam["state"][0][key], full_adam["state"][0][key], rtol=WEIGHT_RTOL, atol=0)
+    full_state = model_state(tmp_path / "full" / "model_final.pth")
+    resumed_state = model_state(tmp_path / "cut" / "model_final.pth")
+    assert full_state.keys() == resumed_state.keys()
+    torch.testing.assert_close(resumed_state["distiller.weighting.logits"], full_state["distiller.weighting.logits"],
+                               rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+    for key, value in full_state.items():
+        if value.is_floating_point():
+            torch.testing.assert_close(resumed_state[key], value, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL, msg=key)
+
+
+def test_replay_follows_the_stretched_trajectory(tmp_path, tiny_cfg):
+    """A 4-iteration replay of an 8-iteration trajectory reads it at 2k at iteration k."""
+    weights = [[1e-7 * (i + 1) for i in range(len(NAMES))], [3e-7 * (i + 1) for i in range(len(NAMES))]]
+    path = tmp_path / "trajectory.json"
+    save_trajectory(Trajectory(tuple(NAMES), (0, 8), tuple(map(tuple, weights))), path)
+    cfg = tiny_cfg(CONFIG, tmp_path / "run", *OPTS, "MGD.WEIGHTING", "replay", "MGD.DISTPRO.TRAJECTORY", str(path),
+                   "MGD.DISTPRO.REPLAY_SOURCE_ITERS", "8", "SOLVER.MAX_ITER", "4", "MGD.DISTPRO.PERIOD", "2")
+    used = {}
+
+    class Record(HookBase):  # registered after the ReplayHook: sees the step's weights
+        def before_step(self):
+            weighting = self.trainer.unwrapped_model.distiller.weighting
+            used[self.trainer.iter] = weighting.weight_vector().tolist()
+
+    trainer = train(cfg, Record())
+    assert isinstance(trainer.unwrapped_model.distiller.weighting, ReplayWeighting)
+    assert any(isinstance(h, ReplayHook) for h in trainer._hooks)
+    assert not any(isinstance(h, DistProHook) for h in trainer._hooks)
+    first, last = torch.tensor(weights[0]), torch.tensor(weights[1])
+    for it in range(4):
+        expected = first + (2 * it / 8) * (last - first)  # read at 2k, linear between 0 and 8
+        torch.testing.assert_close(torch.tensor(used[it]), expected.float(), rtol=1e-6, atol=0)
+    # No held-out split and no batch observer in replay mode.
+    assert not isinstance(trainer.data_loader, BatchObserver)
+    assert trainer.data_loader.heldout_dicts == []
+    records = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
+    assert any("distpro/weight_amp_res2" in r for r in records)
