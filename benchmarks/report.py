@@ -42,18 +42,24 @@ def step_table(results: List[dict], target: float) -> List[str]:
 
 
 def update_table(r: dict, target: float) -> List[str]:
-    ratio = r["ratio_update_vs_bare"]
-    row = [
-        f"K={r['num_batches']} × {r['images_per_batch']} images", str(r["reps"]),
-        _sec(r["seconds"]["update"]), _sec(r["tracking_seconds"]), _sec(r["solve_seconds"]),
-        _sec(r["seconds"]["bare_forwards"]), _ratio(ratio), "met" if ratio["median"] <= target else "missed",
-        _ratio(r["ratio_tracking_vs_bare"]),
-    ]
-    header = [
-        "update", "reps", "update s", "of which tracking s", "of which solve s", "K bare forwards s",
-        f"update ÷ bare, target ≤ {target}", "target", "tracking only ÷ bare",
-    ]
-    return _table(header, [row])
+    """Synchronous update (APPLY_DELAY 0) and overlapped update (the solve in a worker
+    process), each against the K bare forwards of the same repetitions."""
+    rows = []
+    for label, key, ratio_key in (("synchronous", "update", "ratio_update_vs_bare"),
+                                  ("overlapped", "update_overlapped", "ratio_overlapped_update_vs_bare")):
+        if key not in r["seconds"]:
+            continue
+        ratio = r[ratio_key]
+        rows.append([
+            f"{label}, K={r['num_batches']} × {r['images_per_batch']} images", str(r["reps"]),
+            _sec(r["seconds"][key]), _sec(r["seconds"]["bare_forwards"]), _ratio(ratio),
+            "met" if ratio["median"] <= target else "missed",
+        ])
+    header = ["update", "reps", "update s (training waits)", "K bare forwards s",
+              f"update ÷ bare, target ≤ {target}", "target"]
+    rows.append([f"(synchronous: tracking {_sec(r['tracking_seconds'])}, solve {_sec(r['solve_seconds'])}; "
+                 f"tracking only ÷ bare {_ratio(r['ratio_tracking_vs_bare'])})", "", "", "", "", ""])
+    return _table(header, rows)
 
 
 def solver_table(results: Dict[str, dict], target: float) -> List[str]:
@@ -94,7 +100,7 @@ def memory_table(results: List[dict], target: float) -> List[str]:
     return _table(header, rows)
 
 
-TARGETS = {"step": 1.05, "update": 1.10, "solver": 8.0, "memory": 1.10}
+TARGETS = {"step": 1.05, "update": 1.02, "solver": 8.0, "memory": 1.10}
 
 
 def markdown_report(results: dict) -> str:

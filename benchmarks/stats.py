@@ -3,18 +3,21 @@ import logging
 import math
 import statistics
 import time
-from typing import Callable, Dict, List, Mapping, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence
 
 logger = logging.getLogger(__name__)
 
 
 def interleaved_times(
-    arms: Mapping[str, Callable[[int], None]], reps: int, warmup: int
+    arms: Mapping[str, Callable[[int], None]], reps: int, warmup: int,
+    untimed: Optional[Mapping[str, Callable[[int], None]]] = None,
 ) -> Dict[str, List[float]]:
     """Run every arm once per repetition, in the given order (A, B, C, A, B, C, ...).
 
     Each arm is called with the repetition index (warm-up repetitions get negative
     indices) and timed with ``time.perf_counter``; warm-up repetitions are discarded.
+    ``untimed[name]``, if given, runs right after arm ``name`` outside its timing (e.g.
+    waiting for work the arm left running in the background).
     Returns seconds per arm, one value per kept repetition.
     """
     if reps <= 0:
@@ -25,6 +28,8 @@ def interleaved_times(
             start = time.perf_counter()
             arm(rep)
             seconds = time.perf_counter() - start
+            if untimed and name in untimed:
+                untimed[name](rep)
             if rep >= 0:
                 times[name].append(seconds)
         logger.info(

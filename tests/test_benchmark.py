@@ -120,7 +120,7 @@ def test_cli_solver_on_saved_costs(quick_run, tmp_path):
     results = tool("benchmark")["main"](argv)
     assert results["solver_cost_source"].endswith(npz)
     assert set(results["solver"]) == {"res2_g1", "res3_g1", "res4_g1", "res5_g1", "all"}
-    assert set(results["solver"]["res5"]["ortools_parts_seconds"]) == {"build", "solve"}
+    assert set(results["solver"]["res5_g1"]["ortools_parts_seconds"]) == {"build", "solve"}
 
 
 def test_profile_table_labels_regions():
