@@ -7,9 +7,10 @@ resolves it here, after the config file and the command line had their say. Torc
 Detectron2 import), so the launcher and scripts can use it before building a config.
 """
 import logging
-from typing import Optional, Tuple
+from typing import Optional, Set, Tuple
 
 import torch
+import torch.distributed as dist
 
 __all__ = ["AUTO", "resolve_device", "resolve_cfg_device"]
 
@@ -17,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 # MODEL.DEVICE value meaning "not set by the config file or the command line".
 AUTO = "auto"
+# Messages already shown through the fallback of _log_start_line (once per process).
+_SHOWN: Set[str] = set()
 
 
 def resolve_device(requested: str, cuda_available: Optional[bool] = None) -> Tuple[str, str]:
@@ -61,5 +64,18 @@ def resolve_cfg_device(cfg, cuda_available: Optional[bool] = None) -> str:
     cfg.MODEL.DEVICE = device
     if device.startswith("cuda") and torch.cuda.device_count() > 0:
         why += f" ({torch.cuda.get_device_name(torch.device(device))})"
-    logger.info("Device: %s (%s)", device, why)
+    _log_start_line(f"Device: {device} ({why})")
     return device
+
+
+def _log_start_line(message: str) -> None:
+    """INFO through this module's logger; while no logging is configured yet (tools/train_net.py
+    configures its loggers only after reading the config) on stderr through logging's handler
+    of last resort instead, once per process and on rank 0 only."""
+    if logger.hasHandlers():
+        logger.info(message)
+        return
+    if message in _SHOWN or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
+        return
+    _SHOWN.add(message)
+    logging.lastResort.handle(logger.makeRecord(logger.name, logging.INFO, __file__, 0, message, None, None))

@@ -97,3 +97,15 @@ def test_teacher_follows_the_students_device(cuda):
 
     cuda(False)
     assert build_teacher_cfg(setup_cfg(CONFIG)).MODEL.DEVICE == "cpu"
+
+
+def test_device_line_reaches_stderr_once_before_logging_is_configured(monkeypatch, capsys):
+    from mgd_det import device as device_module
+
+    monkeypatch.setattr(device_module.logger, "hasHandlers", lambda: False)
+    monkeypatch.setattr(device_module, "_SHOWN", set())
+    cfg = get_mgd_cfg()
+    for _ in range(2):  # tools/train_net.py resolves the config twice in one process
+        cfg.MODEL.DEVICE = "cpu"
+        device_module.resolve_cfg_device(cfg, cuda_available=False)
+    assert capsys.readouterr().err == "Device: cpu (MODEL.DEVICE set explicitly)\n"
