@@ -10,6 +10,8 @@ import os
 import statistics
 import subprocess
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
@@ -27,7 +29,16 @@ STUDENTS = {
     "RD": "mgd_retinanet_R50_R18_RD.yaml",
     "SP": "mgd_retinanet_R50_R18_SP.yaml",
     "AMP_KD": "mgd_retinanet_R50_R18_AMP_KD.yaml",
+    # Learned pathway weights (DistPro).
+    "DistPro": "mgd_retinanet_R50_R18_distpro.yaml",
+    # Label-free students (no annotation read): the training images as an unlabeled folder
+    # (the reference), the heterogeneous pool by teacher score, and the pool uniformly.
+    "LF_train": "mgd_retinanet_R50_R18_labelfree_train.yaml",
+    "LF_pool": "mgd_retinanet_R50_R18_labelfree_pool.yaml",
+    "LF_pool_uniform": "mgd_retinanet_R50_R18_labelfree_pool_uniform.yaml",
 }
+# Named groups of students for --students.
+STUDENT_GROUPS = {"labelfree": ["baseline", "LF_train", "LF_pool", "LF_pool_uniform"]}
 TEACHER = "retinanet_R50_FPN.yaml"
 
 
@@ -97,25 +108,69 @@ def read_final_metrics(output_dir: str) -> Dict[str, float]:
     return found
 
 
+WALL_FILE = "wall_seconds.json"
+
+
 def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: str = "run.log") -> Dict[str, float]:
-    """Train + evaluate one config in a child process unless its results already exist."""
+    """Train + evaluate one config in a child process unless its results already exist.
+
+    Returns the final bbox metrics and ``wall_s``, the run's wall time (recorded in the run's
+    folder, so a reused run reports the time it took when it ran).
+    """
+    wall_file = os.path.join(output_dir, WALL_FILE)
     if os.path.isfile(os.path.join(output_dir, "model_final.pth")):
         metrics = read_final_metrics(output_dir)
         if metrics:
             logger.info("Reusing %s (AP %.2f)", output_dir, metrics["AP"])
+            if os.path.isfile(wall_file):
+                with open(wall_file) as f:
+                    metrics["wall_s"] = json.load(f)["wall_s"]
             return metrics
     os.makedirs(output_dir, exist_ok=True)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
            "OUTPUT_DIR", output_dir, *opts]
     logger.info("Running: %s", " ".join(cmd))
+    start = time.perf_counter()
     with open(os.path.join(output_dir, log_name), "w") as log:
         result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+    wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"Training failed ({config}); see {os.path.join(output_dir, log_name)}")
     metrics = read_final_metrics(output_dir)
     if not metrics:
         raise RuntimeError(f"No evaluation results in {output_dir}/metrics.json")
+    with open(wall_file, "w") as f:
+        json.dump({"wall_s": wall}, f)
+    metrics["wall_s"] = wall
     return metrics
+
+
+def run_side_by_side(jobs: Sequence[tuple], parallel: int) -> List[Dict[str, float]]:
+    """``run_training(*job)`` for every job, ``parallel`` at a time (independent processes:
+    several runs share one GPU well when each leaves it partly idle). Results in job order."""
+    if parallel <= 1:
+        return [run_training(*job) for job in jobs]
+    with ThreadPoolExecutor(max_workers=parallel) as pool:
+        return list(pool.map(lambda job: run_training(*job), jobs))
+
+
+def expand_students(names: Sequence[str]) -> List[str]:
+    """Student names with groups (e.g. "labelfree") replaced by their members, in order."""
+    out = []
+    for name in names:
+        for member in STUDENT_GROUPS.get(name, [name]):
+            if member not in out:
+                out.append(member)
+    return out
+
+
+def device_description() -> str:
+    """What the runs train on (they pick CUDA when it is available)."""
+    import torch
+
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name(0)} (CUDA)"
+    return f"CPU ({os.cpu_count()} cores)"
 
 
 def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
@@ -126,16 +181,22 @@ def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
         out[m] = statistics.mean(values)
         out[f"{m}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
     out["seeds"] = len(per_seed)
+    walls = [r["wall_s"] for r in per_seed if "wall_s" in r]
+    if walls:
+        out["wall_s"] = statistics.mean(walls)
     return out
 
 
 def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str,
-              finetune: bool = False) -> Dict[str, dict]:
+              finetune: bool = False, parallel: int = 1) -> Dict[str, dict]:
     """Train the teacher once, then every student for every seed; returns the summary.
 
     With ``finetune``, each seed's baseline student is also trained further with and without
-    MGD (the rows of ``FINETUNES``); this needs "baseline" among ``students``.
+    MGD (the rows of ``FINETUNES``); this needs "baseline" among ``students``. ``parallel``
+    runs that many independent student runs side by side.
     """
+    students = expand_students(students)
+    logger.info("Study %s on %s: students %s, seeds %s", mode, device_description(), students, list(seeds))
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
     unknown = [s for s in students if s not in STUDENTS]
@@ -149,33 +210,38 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
                            schedule.solver_opts(schedule.teacher_iters) + ["SEED", "0"])
     teacher_opts = ["MGD.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth")]
     summary = {"teacher_R50": summarize([teacher])}
+    jobs = {}
     for student in students:
-        runs = []
         for seed in seeds:
             opts = schedule.solver_opts(schedule.student_iters) + ["SEED", str(seed)]
             if student != "baseline":
                 opts += teacher_opts
             run_dir = os.path.join(out_root, f"student_R18_{student}_seed{seed}")
-            runs.append(run_training(os.path.join(CONFIGS, STUDENTS[student]), run_dir, opts))
-        summary[f"student_R18_{student}"] = summarize(runs)
+            jobs[(student, seed)] = (os.path.join(CONFIGS, STUDENTS[student]), run_dir, opts)
+    results = dict(zip(jobs, run_side_by_side(list(jobs.values()), parallel)))
+    for student in students:
+        summary[f"student_R18_{student}"] = summarize([results[(student, seed)] for seed in seeds])
+    jobs = {}
     for name, (config, distils) in (FINETUNES.items() if finetune else ()):
-        runs = []
         for seed in seeds:
             baseline = os.path.join(out_root, f"student_R18_baseline_seed{seed}", "model_final.pth")
             opts = schedule.finetune_opts(baseline) + ["SEED", str(seed)]
             if distils:
                 opts += teacher_opts
-            runs.append(run_training(os.path.join(CONFIGS, config), os.path.join(out_root, f"{name}_seed{seed}"), opts))
-        summary[f"student_R18_{name}"] = summarize(runs)
+            jobs[(name, seed)] = (os.path.join(CONFIGS, config), os.path.join(out_root, f"{name}_seed{seed}"), opts)
+    results = dict(zip(jobs, run_side_by_side(list(jobs.values()), parallel)))
+    for name in (FINETUNES if finetune else ()):
+        summary[f"student_R18_{name}"] = summarize([results[(name, seed)] for seed in seeds])
     with open(os.path.join(out_root, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2, sort_keys=True)
     return summary
 
 
 def markdown_table(summary: Dict[str, dict]) -> str:
-    lines = ["| model | seeds | AP | AP50 | AP75 | AP per seed |", "|---|---|---|---|---|---|"]
+    lines = ["| model | seeds | AP | AP50 | AP75 | AP per seed | wall time per run |", "|---|---|---|---|---|---|---|"]
     for name, s in summary.items():
         cells = [f"{s[m]:.2f} ± {s[m + '_std']:.2f}" if s["seeds"] > 1 else f"{s[m]:.2f}" for m in METRICS]
         per_seed = ", ".join(f"{ap:.2f}" for ap in s.get("AP_per_seed", []))
-        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + f" | {per_seed} |")
+        wall = f"{s['wall_s'] / 60:.1f} min" if "wall_s" in s else "n/a"
+        lines.append(f"| {name} | {s['seeds']} | " + " | ".join(cells) + f" | {per_seed} | {wall} |")
     return "\n".join(lines)

@@ -3,7 +3,10 @@ import json
 
 import pytest
 
-from benchmarks.study import MODES, markdown_table, read_final_metrics, run_study, run_training, summarize
+import time
+
+import benchmarks.study as study
+from benchmarks.study import MODES, expand_students, markdown_table, read_final_metrics, run_study, run_training, summarize
 
 
 def _write_run(folder, ap):
@@ -31,7 +34,9 @@ def test_summary_mean_std_and_table():
     assert s["AP"] == 41.0 and s["seeds"] == 2 and abs(s["AP_std"] - 1.41421356) < 1e-6
     table = markdown_table({"student_R18_AMP": s})
     assert s["AP_per_seed"] == [40.0, 42.0]
-    assert "| student_R18_AMP | 2 | 41.00 ± 1.41 | 61.00 ± 1.41 | 32.00 ± 2.83 | 40.00, 42.00 |" in table
+    assert "| student_R18_AMP | 2 | 41.00 ± 1.41 | 61.00 ± 1.41 | 32.00 ± 2.83 | 40.00, 42.00 | n/a |" in table
+    timed = summarize([{"AP": 40.0, "AP50": 60.0, "AP75": 30.0, "wall_s": 60.0}, {"AP": 42.0, "AP50": 62.0, "AP75": 34.0, "wall_s": 180.0}])
+    assert "| 2.0 min |" in markdown_table({"x": timed})
 
 
 def test_study_reuses_teacher_and_students(tmp_path):
@@ -73,3 +78,19 @@ def test_bad_study_arguments():
     # Fine-tuning keeps its own low LR.
     finetune = MODES["full"].finetune_opts("w.pth")
     assert finetune[finetune.index("SOLVER.BASE_LR") + 1] == "0.002" and finetune.count("SOLVER.BASE_LR") == 1
+
+
+def test_side_by_side_runs_overlap_and_keep_their_order(monkeypatch):
+    def slow_run(config, output_dir, opts):
+        time.sleep(0.5)
+        return {"AP": float(config), "AP50": 0.0, "AP75": 0.0, "wall_s": 0.5}
+
+    monkeypatch.setattr(study, "run_training", slow_run)
+    start = time.perf_counter()
+    results = study.run_side_by_side([(str(i), "out", []) for i in range(4)], parallel=4)
+    assert time.perf_counter() - start < 1.5, "four 0.5 s runs side by side"
+    assert [r["AP"] for r in results] == [0.0, 1.0, 2.0, 3.0]
+
+
+def test_student_groups_expand():
+    assert expand_students(["labelfree", "AMP", "baseline"]) == ["baseline", "LF_train", "LF_pool", "LF_pool_uniform", "AMP"]

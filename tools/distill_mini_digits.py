@@ -18,13 +18,16 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from detectron2.utils.logger import setup_logger
 
-from benchmarks.study import MODES, STUDENTS, markdown_table, run_study
+from benchmarks.study import MODES, STUDENT_GROUPS, STUDENTS, markdown_table, run_study
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", default="quick", choices=sorted(MODES))
-    parser.add_argument("--students", default="baseline,AMP", help=f"comma list of {sorted(STUDENTS)}")
+    parser.add_argument("--students", default="baseline,AMP",
+                        help=f"comma list of {sorted(STUDENTS)} or groups {sorted(STUDENT_GROUPS)}")
+    parser.add_argument("--parallel", type=int, default=1,
+                        help="independent student runs side by side (e.g. 4 on one GPU)")
     parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
     parser.add_argument("--out-dir", default=None, help="default: output/study_<mode>")
     parser.add_argument("--finetune", action="store_true",
@@ -34,7 +37,7 @@ def main():
     os.makedirs(out_dir, exist_ok=True)
     setup_logger(output=os.path.join(out_dir, "study.log"), name="mgd_det")
     summary = run_study(args.mode, args.students.split(","), [int(s) for s in args.seeds.split(",")], out_dir,
-                        finetune=args.finetune)
+                        finetune=args.finetune, parallel=args.parallel)
     table = markdown_table(summary)
     with open(os.path.join(out_dir, "summary.md"), "w") as f:
         f.write(table + "\n")
