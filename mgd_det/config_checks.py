@@ -181,15 +181,22 @@ def check_pathways(cfg) -> Iterator[str]:
         from mgd_det.matching import parse_pathway
     except ImportError:
         return
+    names = []
     for text in pathways:
         try:
             spec = parse_pathway(text)
         except (ValueError, TypeError) as err:
             yield f"MGD.PATHWAYS entry {text!r}: {err}"
             continue
+        names.append(spec.name)
         position = getattr(spec, "position", None)
         if position is not None and position not in VALID_POSITIONS:
             yield f"MGD.PATHWAYS entry {text!r}: unknown position {position!r}; valid: {', '.join(VALID_POSITIONS)}"
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        yield f"MGD.PATHWAYS names {duplicates} more than once: name them, e.g. 'amp4=AMP:res4:2e-6'"
+    if cfg.MGD.KD.ENABLED:
+        yield "MGD.KD.ENABLED is set together with MGD.PATHWAYS: add 'KD:<factor>' to MGD.PATHWAYS and set MGD.KD.ENABLED False"
 
 
 @config_check()
@@ -213,7 +220,7 @@ def check_update_schedule(cfg) -> Iterator[str]:
         yield from number_problems(cfg, key, minimum=0, integer=True, hint=" (0: see mgd_det/config.py)")
     yield from number_problems(cfg, "MGD.UPDATE.NUM_BATCHES", minimum=0, strict=True, integer=True,
                                hint=": the assignment needs tracked batches, e.g. 20")
-    yield from number_problems(cfg, "MGD.UPDATE.LOG_PERIOD", minimum=0, strict=True, integer=True)
+    yield from number_problems(cfg, "MGD.UPDATE.LOG_PERIOD", minimum=0, integer=True)
     yield from number_problems(cfg, "MGD.UPDATE.APPLY_DELAY", minimum=0, integer=True)
     yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
 

@@ -137,3 +137,20 @@ def test_head_pathways_need_dense_heads(cfg_of, tiny_teacher_weights):
     cfg = cfg_of("MGD.PATHWAYS", '["AMP:res3", "KD"]', config="mgd_mask_rcnn_R50_R18_AMP.yaml")
     with pytest.raises(ValueError, match="KD and BOX pathways need dense"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize(
+    "opts,match",
+    [
+        (("MGD.PATHWAYS", '["AMP:res4", "AMP:res4"]'), r"names \['amp_res4'\] more than once"),
+        (("MGD.PATHWAYS", '["KD:1.0"]', "MGD.KD.ENABLED", "True"), "MGD.KD.ENABLED is set together with MGD.PATHWAYS"),
+        (("MGD.PATHWAYS", '["AMP:res9"]'), "unknown position 'res9'"),
+        (("MGD.PATHWAYS", '["AMP:res4:abc"]'), "factor 'abc' is not a number"),
+    ],
+)
+def test_pathway_keys_are_validated_up_front(cfg_of, opts, match):
+    from mgd_det.config_checks import validate_mgd_config
+    from mgd_det.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        validate_mgd_config(cfg_of(*opts))
