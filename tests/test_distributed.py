@@ -39,7 +39,7 @@ class RecordInitialAssignment(HookBase):
         torch.save(
             {
                 "assignments": {p: model.distiller.assignment(p).clone() for p in model.distiller_positions},
-                "mean_costs": {p: t.mean_cost().clone() for p, t in model.distiller.trackers.items()},
+                "mean_costs": {k: m.mean_cost().clone() for k, m in model.distiller.matchers.items()},
                 "image_ids": [[d["image_id"] for d in b] for b in hook.tracking.batches(hook.num_batches, 0)],
                 "ddp": isinstance(ddp, DistributedDataParallel),
                 "ddp_params": [n for n, p in ddp.named_parameters() if p.requires_grad],
@@ -95,8 +95,9 @@ def test_ranks_share_the_solve_of_the_union_of_their_batches(two_process_run):
         for batch in rank["image_ids"]:
             model.track_batch([tracking.dataset[by_id[i]] for i in batch])
     model.distiller.finish_tracking()
+    for key, matcher in model.distiller.matchers.items():
+        torch.testing.assert_close(ranks[0]["mean_costs"][key], matcher.mean_cost())
     for name, assignment in ranks[0]["assignments"].items():
-        torch.testing.assert_close(ranks[0]["mean_costs"][name], model.distiller.trackers[name].mean_cost())
         assert torch.equal(assignment, model.distiller.assignment(name)), name
 
 
