@@ -51,14 +51,18 @@ def _link_torch(folder):
 
 
 def _registry_reachable(folder) -> bool:
+    """A small download, no retries: fails in seconds on a machine without network."""
     probe = subprocess.run(
-        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "-d", str(folder), "installer"],
-        capture_output=True, timeout=180,
+        [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:", "--retries", "0",
+         "--timeout", "10", "-d", str(folder), "installer"],
+        capture_output=True, timeout=120,
     )
     return probe.returncode == 0
 
 
 def test_wheelhouse_installs_offline_into_a_fresh_venv(tmp_path):
+    if not _registry_reachable(tmp_path / "probe"):
+        pytest.skip("the package registry is unreachable: no wheelhouse can be downloaded")
     wheelhouse = tmp_path / "wheels"
     keep = tmp_path / "keep.txt"
     keep.write_text(f"numpy=={md.version('numpy')}\n")
@@ -67,10 +71,7 @@ def test_wheelhouse_installs_offline_into_a_fresh_venv(tmp_path):
          "--constraint", str(keep)],
         env=dict(os.environ, PYTHON=sys.executable), capture_output=True, text=True, timeout=600,
     )
-    if build.returncode != 0:
-        if not _registry_reachable(tmp_path / "probe"):
-            pytest.skip("the package registry is unreachable: no wheelhouse can be downloaded")
-        pytest.fail(f"wheelhouse.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}")
+    assert build.returncode == 0, f"wheelhouse.sh failed:\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
     wheels = sorted(os.listdir(wheelhouse))
     assert any(w.startswith("sal_detectron2-") for w in wheels), wheels
     assert not any(re.match(r"torch(vision)?-", w) for w in wheels), "--no-torch left torch in"
