@@ -62,8 +62,7 @@ def resolve_cfg_device(cfg, cuda_available: Optional[bool] = None) -> str:
     """Resolve ``cfg.MODEL.DEVICE`` in place (``cfg`` must not be frozen), log it, return it."""
     device, why = resolve_device(cfg.MODEL.DEVICE, cuda_available)
     cfg.MODEL.DEVICE = device
-    if device.startswith("cuda") and torch.cuda.device_count() > 0:
-        why += f" ({torch.cuda.get_device_name(torch.device(device))})"
+    # No device name here: asking for it initialises CUDA, also in a launcher's parent process.
     _log_start_line(f"Device: {device} ({why})")
     return device
 
