@@ -35,10 +35,18 @@ def merge_config(cfg, config_file: str, opts: Sequence[str] = ()) -> None:
     _check_base_chain(config_file)
     _merge(lambda: cfg.merge_from_file(config_file), f"config file {config_file}")
     opts = list(opts)
+    flags = [o for o in opts if isinstance(o, str) and o.startswith("--")]
+    if flags:
+        raise ConfigError(
+            f"command-line flag(s) {' '.join(flags)} come after the KEY VALUE options, where they are "
+            "read as config keys: put flags such as --resume, --eval-only, --num-gpus before the "
+            "options (right after --config-file FILE)"
+        )
     if len(opts) % 2:
         raise ConfigError(
-            f"command-line options must be KEY VALUE pairs, got an odd number ({len(opts)}): "
-            f"{opts}; quote values with spaces, e.g. DATASETS.TRAIN \"('my_train',)\""
+            f"command-line options must be KEY VALUE pairs, got an odd number ({len(opts)}) ending "
+            f"with {' '.join(opts[-3:])!r}: give every key a value, and quote values with spaces or "
+            "parentheses, e.g. DATASETS.TRAIN \"('my_train',)\""
         )
     _merge(lambda: cfg.merge_from_list(opts), "the command-line options")
 

@@ -86,6 +86,7 @@ def test_checks_are_extensible():
     (["MGD.LOSS_WEIGHT", "1"], r"MGD\.LOSS_WEIGHT expects a value of type float.*1\.0"),
     (["MGD.NORM_GROUPS", "abc"], r"MGD\.NORM_GROUPS expects a value of type int"),
     (["MGD.LOSS_WEIGHT"], r"KEY VALUE pairs"),
+    (["MGD.LOSS_WEIGHT", "1.0", "--resume"], r"--resume come after the KEY VALUE options"),
 ])
 def test_merge_errors_name_the_key(opts, pattern):
     with pytest.raises(ConfigError, match=pattern):

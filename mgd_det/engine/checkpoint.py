@@ -109,9 +109,10 @@ def mgd_settings(cfg) -> Dict:
 def student_state_dict(state: Dict) -> Dict[str, torch.Tensor]:
     """The student's plain state dict from an MGD state dict (prefix stripped, rest dropped)."""
     if not is_mgd_state(state):
+        example = f", e.g. {sorted(state)[0]!r}" if state else ""
         raise CheckpointError(
-            f"not an MGD checkpoint: no key starts with {STUDENT_PREFIX!r} (first keys: "
-            f"{sorted(state)[:3]}); it is already a plain checkpoint: use it as it is"
+            f"not an MGD checkpoint: none of its {len(state)} keys starts with {STUDENT_PREFIX!r}"
+            f"{example}; it is already a plain checkpoint: use it as it is"
         )
     n = len(STUDENT_PREFIX)
     return {key[n:]: value for key, value in state.items() if key.startswith(STUDENT_PREFIX)}

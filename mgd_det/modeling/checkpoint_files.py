@@ -42,8 +42,11 @@ def _listed(keys: List, limit: Optional[int]) -> str:
 def incompatibility_problems(incompatible, limit: Optional[int] = KEY_LIST_LIMIT) -> List[str]:
     """Human-readable missing / unexpected / mis-shaped keys (at most ``limit`` of each)."""
     problems: List[str] = []
-    if incompatible.missing_keys:
-        problems.append(f"missing keys: {_listed(incompatible.missing_keys, limit)}")
+    # fvcore reports a mis-shaped key as missing too: name it once, as a shape mismatch.
+    mis_shaped = {k for k, _, _ in incompatible.incorrect_shapes}
+    missing = [k for k in incompatible.missing_keys if k not in mis_shaped]
+    if missing:
+        problems.append(f"missing keys: {_listed(missing, limit)}")
     if incompatible.unexpected_keys:
         problems.append(f"unexpected keys: {_listed(incompatible.unexpected_keys, limit)}")
     if incompatible.incorrect_shapes:
@@ -55,6 +58,11 @@ def incompatibility_problems(incompatible, limit: Optional[int] = KEY_LIST_LIMIT
 def _unsafe_reason(text: str) -> str:
     match = re.search(r"Unsupported global: GLOBAL (\S+)", text)
     return f"a Python object ({match.group(1)})" if match else "a Python object that is not a tensor"
+
+
+def _first_sentence(text: str, limit: int = 100) -> str:
+    sentence = " ".join(text.split()).split(". ")[0]
+    return sentence if len(sentence) <= limit else sentence[: limit - 3] + "..."
 
 
 def other_checkpoints(filename: str) -> List[str]:
@@ -84,7 +92,7 @@ def load_failure(filename: str, err: BaseException, what: str = "checkpoint") ->
     earlier = (f"; to resume from an earlier one ({', '.join(others[:3])}), write its name into "
                f"{os.path.join(os.path.dirname(filename) or '.', 'last_checkpoint')}") if others else ""
     return CheckpointLoadError(
-        f"cannot read {what} {filename} ({type(err).__name__}: {' '.join(text.split())[:160]}): the "
+        f"cannot read {what} {filename} ({type(err).__name__}: {_first_sentence(text)}): the "
         "file is truncated or corrupt (e.g. copied incompletely, or written by a version without "
         f"atomic saves that was killed while saving) or not a checkpoint; replace or delete it{earlier}",
         path=filename,
