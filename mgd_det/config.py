@@ -73,7 +73,7 @@ def add_mgd_config(cfg: CN) -> CN:
 
     # DistPro (MGD.WEIGHTING "learned" / "replay"; mgd_det/engine/distpro.py).
     cfg.MGD.DISTPRO = CN()
-    # M: iterations between meta-steps (each costs about 3 training steps).
+    # M: iterations between meta-steps (each costs about 2-3 training steps).
     cfg.MGD.DISTPRO.PERIOD = 10
     # Adam learning rate of the pathway logits.
     cfg.MGD.DISTPRO.LR = 0.05
@@ -105,8 +105,9 @@ def add_mgd_config(cfg: CN) -> CN:
     # takes effect. 0: synchronous (training waits for the solve). > 0: the host solve runs
     # in a worker process while training continues, and the result is installed exactly this
     # many iterations later (waiting only if it is not ready), so runs stay deterministic and
-    # resumable. An update that comes due earlier installs the pending one first.
-    cfg.MGD.UPDATE.APPLY_DELAY = 10
+    # resumable. An update that comes due earlier installs the pending one first. 20 covers a
+    # ~1 s solve at GPU speeds (~0.1 s per iteration on the bundled data).
+    cfg.MGD.UPDATE.APPLY_DELAY = 20
 
     cfg.MGD.KD = CN()
     # Add Hinton knowledge distillation on the classification logits of the heads in the

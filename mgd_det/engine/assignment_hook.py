@@ -142,6 +142,8 @@ class MGDAssignmentHook(HookBase):
 
     # ------------------------------------------------------------ hook API
     def before_train(self):
+        if self.apply_delay and self._solving_rank():
+            self.solver.start()  # imports in the worker overlap the first epoch
         self.model.refresh_margins()
         if not bool(self.model.distiller.assigned):  # fresh run; a resumed run keeps its state
             self.update(at_iter=self.trainer.start_iter, synchronous=True)

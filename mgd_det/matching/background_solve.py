@@ -44,10 +44,16 @@ class BackgroundSolver:
     def __init__(self):
         self._pool: Optional[ProcessPoolExecutor] = None
 
-    def submit(self, jobs: Dict[str, SolveJob]) -> Future:
+    def start(self) -> None:
+        """Start the worker and let it import the solvers now (seconds on a busy machine),
+        so that the first update's solve does not pay for it (call before training)."""
         if self._pool is None:
             # "spawn": a fork of a process holding CUDA contexts or threads is unsafe.
             self._pool = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+            self._pool.submit(solve_jobs, {})
+
+    def submit(self, jobs: Dict[str, SolveJob]) -> Future:
+        self.start()
         return self._pool.submit(solve_jobs, jobs)
 
     def close(self) -> None:
