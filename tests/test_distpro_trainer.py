@@ -2,13 +2,16 @@
 of the student's optimizer, resume exactly; replay follows the stretched trajectory."""
 import json
 
+import numpy as np
 import pytest
 import torch
 from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
+from detectron2.utils.events import EventStorage
 
 from mgd_det.engine import MGDTrainer
 from mgd_det.engine.batch_observer import BatchObserver
+from mgd_det.engine.checkpoint import module_ema_state, rng_state
 from mgd_det.engine.distpro import TRAJECTORY_FILE, DistProHook, ReplayHook
 from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting, Trajectory, save_trajectory
 from test_resume import LOSS_RTOL, WEIGHT_ATOL, WEIGHT_RTOL, model_state, run
@@ -18,6 +21,8 @@ CONFIG = "mgd_retinanet_R50_R18_distpro.yaml"
 OPTS = ["MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml", "MGD.DISTPRO.HELDOUT_FRACTION", "0.25",
         "MGD.DISTPRO.LR", "0.1"]
 NAMES = ["amp_res2", "amp_res3", "amp_res4", "amp_res5", "sm_res4", "sm_res5"]
+# CPU always; CUDA where present (no device is hard-coded on the DistPro side).
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
 
 
 class BatchIds(HookBase):
@@ -43,8 +48,9 @@ def distpro_hook(trainer):
     return next(h for h in trainer._hooks if isinstance(h, DistProHook))
 
 
-def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg):
-    cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "3", "MGD.DISTPRO.PERIOD", "2")
+@pytest.mark.parametrize("device", DEVICES)
+def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg, device):
+    cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "3", "MGD.DISTPRO.PERIOD", "2", "MODEL.DEVICE", device)
     ids = BatchIds()
     trainer = train(cfg, ids)
     model = trainer.unwrapped_model
@@ -57,6 +63,8 @@ def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg):
     assert (weighting.logits != 0).all()
     start = weighting.reference * len(NAMES) / (len(NAMES) + 1)
     assert not torch.allclose(weighting.weight_vector(), start, rtol=1e-3)
+    assert weighting.logits.device.type == device
+    assert hook.meta.optimizer.state[weighting.logits]["exp_avg"].device.type == device
 
     # Frozen outside the meta-step and never in the student's optimizer.
     assert not weighting.logits.requires_grad
@@ -160,3 +168,29 @@ def test_replay_follows_the_stretched_trajectory(tmp_path, tiny_cfg):
     assert trainer.data_loader.heldout_dicts == []
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
     assert any("distpro/weight_amp_res2" in r for r in records)
+
+
+def test_meta_step_leaves_the_student_and_the_training_stream_as_they_were(tmp_path, tiny_cfg):
+    """Only the logits change: parameters, BN statistics, RetinaNet's loss-normaliser EMA,
+    the global RNGs and the run's event storage are as before (the held-out batch included)."""
+    cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "MGD.DISTPRO.PERIOD", "1")
+    seed_all_rng(cfg.SEED)
+    trainer = MGDTrainer(cfg)
+    model = trainer.unwrapped_model.train()
+    batch = next(iter(trainer.data_loader.loader))  # the inner loader: no callback
+    with EventStorage(0) as storage:
+        model(batch)  # one ordinary forward sets the loss-normaliser EMA
+        state = {k: v.clone() for k, v in model.state_dict().items()}
+        ema, rng = module_ema_state(model), rng_state()
+        counts = {k: len(h.values()) for k, h in storage.histories().items()}  # e.g. num_pos_anchors
+        stats = distpro_hook(trainer).meta_step(batch, 0)
+        assert stats.hypergradient_norm > 0
+        for key, value in model.state_dict().items():
+            if key != "distiller.weighting.logits":
+                assert torch.equal(value, state[key]), key
+        assert not torch.equal(model.state_dict()["distiller.weighting.logits"], state["distiller.weighting.logits"])
+        assert module_ema_state(model) == ema
+        after = rng_state()
+        assert torch.equal(after["torch"], rng["torch"]) and torch.equal(after["numpy"]["keys"], rng["numpy"]["keys"])
+        assert np.random.get_state()[2] == rng["numpy"]["pos"]
+        assert {k: len(h.values()) for k, h in storage.histories().items() if not k.startswith("distpro/")} == counts
