@@ -51,7 +51,7 @@ class Case:
     protect: Callable[["Survey"], List[str]] = lambda s: []  # files that must survive
     expect: str = ""  # regex of the WARNING line a handled fault prints (rc 0 cases)
     shell_prefix: str = ""  # e.g. "ulimit -f 2000;"
-    kill_on_tmp: str = ""  # SIGKILL the process when a file matching this glob (under the case) has bytes
+    kill_on_tmp: str = ""  # SIGKILL the process when a file matching this glob appears under the case
     then: Optional[Callable[["Survey"], List[str]]] = None  # a follow-up command (e.g. --resume)
     env: Callable[["Survey"], Dict[str, str]] = lambda s: {}  # extra environment of the first command
 
@@ -214,8 +214,7 @@ class Survey:
         if case.kill_on_tmp:
             # Pipes are drained after the kill: the tiny runs print far less than a pipe holds.
             while proc.poll() is None:
-                partial = [f for f in glob.glob(self.c("**", case.kill_on_tmp), recursive=True) if os.path.getsize(f) > 0]
-                if partial:
+                if glob.glob(self.c("**", case.kill_on_tmp), recursive=True):
                     os.killpg(proc.pid, signal.SIGKILL)
                     break
                 time.sleep(0.05)
@@ -277,7 +276,9 @@ def _slow_save_site(s):
         "        if len(calls) < 2 or isinstance(f, (str, os.PathLike)):\n"
         "            return real(obj, f, *a, **k)\n"
         "        buf = io.BytesIO(); real(obj, buf); data = buf.getvalue()\n"
-        "        f.write(data[: len(data) // 2]); f.flush(); time.sleep(600); f.write(data[len(data) // 2:])\n"
+        "        f.write(data[: len(data) // 2]); f.flush()\n"
+        "        open(os.environ['MGD_SURVEY_SLOW_SAVE'], 'w').close()  # tells the survey: kill now\n"
+        "        time.sleep(600); f.write(data[len(data) // 2:])\n"
         "    torch.save = slow\n"))
 
 
@@ -343,7 +344,7 @@ def cases() -> List[Case]:
         C("--resume: last_checkpoint deleted, checkpoints present",
           lambda s: _mgd(s, run=s.c("run"), flags=["--resume"]),
           setup=lambda s: (s.copy_run(s.mgd_run), os.remove(s.c("run", "last_checkpoint"))),
-          protect=mgd_files, expect=r"--resume: .*last_checkpoint does not exist; resuming from [^ ]+"),
+          protect=mgd_files, expect=r"--resume: .*last_checkpoint does not exist; resuming from the newest readable checkpoint \S+"),
         C("--resume: folder holds only unreadable checkpoints",
           lambda s: _plain(s, "SOLVER.MAX_ITER", "1", run=s.c("run"), flags=["--resume"]),
           setup=lambda s: _write(s.c("run", "model_0000007.pth"), "garbage"),
@@ -369,9 +370,9 @@ def cases() -> List[Case]:
         C("file-size limit hit while saving (ulimit -f)",
           lambda s: _mgd(s, "SOLVER.MAX_ITER", "3", run=s.c("run"), flags=["--resume"]),
           setup=lambda s: s.copy_run(s.mgd_run), protect=mgd_files, shell_prefix="ulimit -f 20000;"),
-        C("process killed (SIGKILL) in the middle of saving model_final.pth",
-          lambda s: _plain(s, run=s.c("run")), setup=_slow_save_site, kill_on_tmp="model_final.pth.tmp-*",
-          env=lambda s: {"PYTHONPATH": s.c("site"), "MGD_SURVEY_SLOW_SAVE": "1"},
+        C("process killed (SIGKILL) in the middle of saving a checkpoint",
+          lambda s: _plain(s, run=s.c("run")), setup=_slow_save_site, kill_on_tmp="slow_save_started",
+          env=lambda s: {"PYTHONPATH": s.c("site"), "MGD_SURVEY_SLOW_SAVE": s.c("slow_save_started")},
           protect=lambda s: [s.c("run", "model_0000000.pth"), s.c("run", "last_checkpoint")],
           then=lambda s: _plain(s, run=s.c("run"), flags=["--resume"]),
           expect=r"Removed 1 partial file\(s\) left by an interrupted save"),
