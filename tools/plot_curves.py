@@ -14,35 +14,23 @@ By default the panels are ``total_loss``, every ``loss_*`` key found and ``bbox/
 ``bbox/AP50`` where present; ``--losses`` and ``--metrics`` choose others.
 """
 import argparse
-import json
 import os
-from collections import defaultdict
+import sys
+
+# benchmarks/ (experiment code) sits beside the package and is not installed with it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-
-def metrics_file(path):
-    return os.path.join(path, "metrics.json") if os.path.isdir(path) else path
+from benchmarks.metrics_file import read_series  # noqa: E402
 
 
 def read_metrics(path):
-    """{key: [(iteration, value), ...]} from a metrics.json; unreadable lines are skipped."""
-    series = defaultdict(list)
-    with open(metrics_file(path)) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # e.g. a line cut short by a run still writing
-            if not isinstance(record, dict) or "iteration" not in record:
-                continue
-            for key, value in record.items():
-                if key != "iteration" and isinstance(value, (int, float)):
-                    series[key].append((record["iteration"], float(value)))
-    return {key: sorted(points) for key, points in series.items()}
+    """{key: [(iteration, value), ...]} from a metrics.json (or a run's folder)."""
+    return read_series(path)
 
 
 def run_labels(paths):

@@ -20,12 +20,17 @@ import argparse
 import json
 import logging
 import os
-from collections import defaultdict
+import sys
+
+# benchmarks/ (experiment code) sits beside the package and is not installed with it.
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.metrics_file import read_series  # noqa: E402
 
 logger = logging.getLogger("plot_weights")
 
@@ -41,22 +46,6 @@ def _read_trajectory(data):
     }
 
 
-def _read_metrics(path):
-    series = defaultdict(dict)  # name -> {iteration: value}; a resumed run's repeats overwrite
-    with open(path) as f:
-        for line in f:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # e.g. a line cut short by a run still writing
-            if not isinstance(record, dict) or "iteration" not in record:
-                continue
-            for key, value in record.items():
-                if key.startswith(METRIC_PREFIX) and isinstance(value, (int, float)):
-                    series[key[len(METRIC_PREFIX) :]][int(record["iteration"])] = float(value)
-    return {name: sorted(points.items()) for name, points in series.items()}
-
-
 def read_weights(path):
     """``{pathway: [(iteration, weight), ...]}`` from a trajectory JSON or a metrics.json."""
     if os.path.isdir(path):
@@ -70,7 +59,7 @@ def read_weights(path):
     if isinstance(data, dict) and "names" in data:
         series = _read_trajectory(data)
     else:
-        series = _read_metrics(path)
+        series = read_series(path, METRIC_PREFIX)
     if not series:
         raise SystemExit(f"{path}: no weight trajectory and no '{METRIC_PREFIX}<name>' scalars")
     return series
