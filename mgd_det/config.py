@@ -24,8 +24,8 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.STUDENT_META_ARCHITECTURE = "RetinaNet"
 
     cfg.MGD.TEACHER = CN()
-    # Plain Detectron2 config file of the teacher (relative paths: to the working directory,
-    # then to the directory of the student's config file).
+    # Plain Detectron2 config file of the teacher (a relative path is read from the folder of
+    # the config file that sets it; on the command line, from the working directory).
     cfg.MGD.TEACHER.CONFIG_FILE = ""
     # Teacher checkpoint (.pth / .pkl). Loaded strictly: missing or unexpected keys are errors.
     cfg.MGD.TEACHER.WEIGHTS = ""

@@ -6,6 +6,7 @@ traceback and the full config in OUTPUT_DIR/log.txt; unexpected exceptions keep 
 traceback; a multi-process launch prints the line once.
 """
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -98,7 +99,10 @@ def test_unexpected_exceptions_keep_their_traceback(monkeypatch):
         cli.run_cli(lambda: (_ for _ in ()).throw(RuntimeError("bug")))
 
 
-def test_run_cli_prints_one_line(capsys):
+def test_run_cli_prints_one_line(capsys, monkeypatch):
+    # No run's log file yet (earlier tests in this process may have left one on the logger).
+    monkeypatch.setattr(logging.getLogger("mgd_det"), "handlers", [])
+
     def bad():
         raise ConfigError("MGD.NORM_GROUPS must be an integer > 0 (got 0)")
 

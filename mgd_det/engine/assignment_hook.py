@@ -27,6 +27,7 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
+from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.unlabeled import is_unlabeled_dict
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 from mgd_det.matching.background_solve import BackgroundSolver, solve_jobs
@@ -81,7 +82,7 @@ class TrackingBatches:
 
     def __init__(self, cfg, seed: int):
         dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
-        mapper = DatasetMapper(cfg, is_train=False)
+        mapper = FileNamingMapper(DatasetMapper(cfg, is_train=False), cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
         if any(is_unlabeled_dict(d) for d in dicts):  # image folders: robust reads, no labels
             mapper = UnlabeledDatasetMapper(cfg, False, fallback_dicts=dicts, labeled_mapper=mapper)
         self.dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)

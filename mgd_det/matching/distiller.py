@@ -37,6 +37,7 @@ from .pathways import (
     student_norm,
 )
 from .weighting import ConstantWeighting, LossWeighting
+from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +71,11 @@ class PathwayDistiller(nn.Module):
         super().__init__()
         specs = list(specs)
         if not specs:
-            raise ValueError("a distiller needs at least one pathway")
+            raise ConfigError("a distiller needs at least one pathway")
         names = [s.name for s in specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"pathway names must be unique; {duplicates} appear more than once (name them: 'NAME=FAMILY:POSITION')")
+            raise ConfigError(f"pathway names must be unique; {duplicates} appear more than once (name them: 'NAME=FAMILY:POSITION')")
         self.specs = specs
         self.matchers = nn.ModuleDict()
         self.pathways = nn.ModuleDict()
@@ -85,7 +86,7 @@ class PathwayDistiller(nn.Module):
         self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})
         missing = sorted(set(names) - set(self.weighting.names))
         if missing:
-            raise ValueError(f"the loss weighting has no weight for pathways {missing}")
+            raise ConfigError(f"the loss weighting has no weight for pathways {missing}")
         self.register_buffer("assigned", torch.zeros((), dtype=torch.bool))
 
     def _build_pathway(self, spec, channels, norm_kind, num_groups, allow_sharing, kd_temperature, num_classes) -> Pathway:
@@ -93,17 +94,17 @@ class PathwayDistiller(nn.Module):
             return OutputKDPathway(spec, kd_temperature)
         if spec.family == "BOX":
             if num_classes <= 0:
-                raise ValueError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
+                raise ConfigError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
             return OutputBoxPathway(spec, num_classes)
         if spec.position not in channels:
-            raise ValueError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
+            raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
         cs, ct = channels[spec.position]
         where = f"pathway {spec.name!r} (position {spec.position!r})"
         if spec.family == "PKD":
             return StandardizedFeaturePathway(spec, cs, ct)
         sparse = spec.family == "SM"
         if cs > ct and not (sparse and allow_sharing):
-            raise ValueError(
+            raise ConfigError(
                 f"{where}: the student has more channels ({cs}) than the teacher ({ct}); only "
                 "the SM family with channel sharing (MGD.ALLOW_CHANNEL_SHARING) supports that"
             )
@@ -143,7 +144,7 @@ class PathwayDistiller(nn.Module):
         """Per-teacher-channel margins by position; None means no margin (plain L2)."""
         unknown = sorted(set(margins) - {m.position for m in self.matchers.values()})
         if unknown:
-            raise ValueError(f"margins given for positions {unknown} that no matched pathway reads")
+            raise ConfigError(f"margins given for positions {unknown} that no matched pathway reads")
         for matcher in self.matchers.values():
             if matcher.position in margins:
                 matcher.set_margin(margins[matcher.position])
@@ -167,7 +168,7 @@ class PathwayDistiller(nn.Module):
     def _check_positions(self, feats: Mapping[str, torch.Tensor], side: str) -> None:
         missing = [p for p in self.positions if p not in feats]
         if missing:
-            raise ValueError(f"{side} features lack position(s) {missing} read by the pathways; got {sorted(feats)}")
+            raise ConfigError(f"{side} features lack position(s) {missing} read by the pathways; got {sorted(feats)}")
 
     def check_finite(self, feats: Mapping[str, torch.Tensor], side: str = "") -> None:
         """Raise FloatingPointError naming the first position with NaN/Inf (synchronises)."""
@@ -230,11 +231,11 @@ class PositionSpec:
 
     def __post_init__(self):
         if not self.name or not self.name.isidentifier():
-            raise ValueError(f"position name {self.name!r} must be a non-empty identifier (it names buffers)")
+            raise ConfigError(f"position name {self.name!r} must be a non-empty identifier (it names buffers)")
         if self.student_channels <= 0 or self.teacher_channels <= 0:
-            raise ValueError(f"position {self.name!r}: channel counts must be positive")
+            raise ConfigError(f"position {self.name!r}: channel counts must be positive")
         if not math.isfinite(self.factor):
-            raise ValueError(f"position {self.name!r}: factor must be finite; got {self.factor}")
+            raise ConfigError(f"position {self.name!r}: factor must be finite; got {self.factor}")
 
 
 def mgd_pathway_specs(positions: Sequence[Tuple[str, float]], reducer: str) -> List[PathwaySpec]:
@@ -258,10 +259,10 @@ class MatchingDistiller(PathwayDistiller):
         weighting: Optional[LossWeighting] = None,
     ):
         if not positions:
-            raise ValueError("MatchingDistiller needs at least one position")
+            raise ConfigError("MatchingDistiller needs at least one position")
         names = [p.name for p in positions]
         if len(set(names)) != len(names):
-            raise ValueError(f"position names must be unique; got {names}")
+            raise ConfigError(f"position names must be unique; got {names}")
         super().__init__(
             mgd_pathway_specs([(p.name, p.factor) for p in positions], reducer),
             {p.name: (p.student_channels, p.teacher_channels) for p in positions},

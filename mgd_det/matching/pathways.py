@@ -41,6 +41,7 @@ from .loss import partial_l2_loss
 from .matcher import ChannelMatcher
 from .outputs import NetOutputs, TeacherOutput
 from .reducers import REDUCERS, reduce_teacher
+from ..errors import ConfigError
 
 MATCHED_FAMILIES = REDUCERS  # SM, RD, AMP, SP
 HEAD_FAMILIES = ("KD", "BOX")
@@ -63,21 +64,21 @@ class PathwaySpec:
 
     def __post_init__(self):
         if self.family not in PATHWAY_FAMILIES:
-            raise ValueError(
+            raise ConfigError(
                 f"unknown pathway family {self.family!r}; valid families are {', '.join(PATHWAY_FAMILIES)}"
             )
         if self.family in HEAD_FAMILIES:
             if self.position:
-                raise ValueError(f"pathway family {self.family!r} reads the head and takes no position")
+                raise ConfigError(f"pathway family {self.family!r} reads the head and takes no position")
         elif not self.position:
-            raise ValueError(f"pathway family {self.family!r} needs a position (e.g. res3 or p4)")
+            raise ConfigError(f"pathway family {self.family!r} needs a position (e.g. res3 or p4)")
         if not (self.factor >= 0 and self.factor < float("inf")):
-            raise ValueError(f"pathway {self.family}:{self.position}: factor must be finite and >= 0; got {self.factor}")
+            raise ConfigError(f"pathway {self.family}:{self.position}: factor must be finite and >= 0; got {self.factor}")
         if not self.name:
             default = self.family.lower() + (f"_{self.position}" if self.position else "")
             object.__setattr__(self, "name", default)
         if not self.name.isidentifier():
-            raise ValueError(f"pathway name {self.name!r} must be an identifier (it names losses and weights)")
+            raise ConfigError(f"pathway name {self.name!r} must be an identifier (it names losses and weights)")
 
     @property
     def matched(self) -> bool:
@@ -92,36 +93,36 @@ def parse_pathway(text: str) -> PathwaySpec:
     ``"sm4=SM:res4:1e-7"``, ``"PKD:p3:1.0"``, ``"KD:0.5"``, ``"BOX"``."""
     match = _SPEC_PATTERN.match(text or "")
     if not match:
-        raise ValueError(f"cannot read pathway {text!r}; write FAMILY[:POSITION][:FACTOR], e.g. 'AMP:res4:2e-7'")
+        raise ConfigError(f"cannot read pathway {text!r}; write FAMILY[:POSITION][:FACTOR], e.g. 'AMP:res4:2e-7'")
     parts = [p.strip() for p in match.group("body").split(":")]
     family, rest = parts[0].upper(), parts[1:]
     position, factor = None, 1.0
     if family not in HEAD_FAMILIES and rest:
         position, rest = rest[0], rest[1:]
     if len(rest) > 1:
-        raise ValueError(f"pathway {text!r} has too many ':' fields; write FAMILY[:POSITION][:FACTOR]")
+        raise ConfigError(f"pathway {text!r} has too many ':' fields; write FAMILY[:POSITION][:FACTOR]")
     if rest:
         try:
             factor = float(rest[0])
         except ValueError:
-            raise ValueError(f"pathway {text!r}: factor {rest[0]!r} is not a number") from None
+            raise ConfigError(f"pathway {text!r}: factor {rest[0]!r} is not a number") from None
     return PathwaySpec(family, position, factor, match.group("name") or "")
 
 
 def student_norm(kind: str, channels: int, num_groups: int, where: str) -> nn.Module:
     """The norm applied to student features inside the distillation branch only."""
     if kind not in STUDENT_NORMS:
-        raise ValueError(f"unknown student_norm {kind!r}; valid values are {', '.join(STUDENT_NORMS)}")
+        raise ConfigError(f"unknown student_norm {kind!r}; valid values are {', '.join(STUDENT_NORMS)}")
     if kind == "BN":
         return nn.BatchNorm2d(channels)
     if kind == "SyncBN":
         return nn.SyncBatchNorm(channels)
     if kind == "GN":
         if num_groups <= 0:
-            raise ValueError(f"{where}: the number of GroupNorm groups must be positive; got {num_groups}")
+            raise ConfigError(f"{where}: the number of GroupNorm groups must be positive; got {num_groups}")
         groups = min(num_groups, channels)
         if channels % groups:
-            raise ValueError(f"{where}: GroupNorm with {groups} groups does not divide {channels} channels; change num_groups")
+            raise ConfigError(f"{where}: GroupNorm with {groups} groups does not divide {channels} channels; change num_groups")
         return nn.GroupNorm(groups, channels)
     return nn.Identity()
 
@@ -195,7 +196,7 @@ class OutputKDPathway(Pathway):
     def __init__(self, spec: PathwaySpec, temperature: float):
         super().__init__(spec)
         if not temperature > 0:
-            raise ValueError(f"KD temperature must be positive; got {temperature}")
+            raise ConfigError(f"KD temperature must be positive; got {temperature}")
         self.temperature = float(temperature)
 
     def forward(self, student, teacher, teacher_features):

@@ -9,6 +9,7 @@ from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import ImageList
 from torch import nn
 
+from mgd_det.errors import ConfigError
 from mgd_det.matching.distiller import PathwayDistiller
 from mgd_det.matching.margins import margin_from_norm
 from mgd_det.matching.outputs import Canvas, TeacherOutput
@@ -145,14 +146,14 @@ class MGDDistiller(nn.Module):
     def _check_heads_compatible(self) -> None:
         heads = [getattr(m, "head", None) for m in (self.student, self._teacher)]
         if not all(h is not None and hasattr(h, "cls_score") for h in heads):
-            raise ValueError(
+            raise ConfigError(
                 "The KD and BOX pathways need dense (RetinaNet) heads on both teacher and student; "
                 "output distillation for R-CNN heads is not supported. Remove them from MGD.KD / "
                 "MGD.PATHWAYS or use RetinaNet."
             )
         shapes = [h.cls_score.out_channels for h in heads]
         if shapes[0] != shapes[1]:
-            raise ValueError(
+            raise ConfigError(
                 f"KD/BOX pathways: student and teacher heads predict {shapes[0]} and {shapes[1]} "
                 "logits per location; they need the same classes and anchors per location."
             )

@@ -12,6 +12,7 @@ import torch
 from detectron2.structures import ImageList
 
 from mgd_det.matching.outputs import NetOutputs
+from mgd_det.errors import ConfigError
 
 
 def _subset_images(images: ImageList, index: List[int]) -> ImageList:
@@ -39,7 +40,7 @@ def run_student(student, batched_inputs, taps, need_head: bool) -> Tuple[Dict[st
             predictions = [[level[labeled] for level in kind] for kind in predictions]
         return student.forward_training(images, head_features, predictions, gt), outputs
     if need_head:
-        raise ValueError(
+        raise ConfigError(
             "distillation pathways KD and BOX need a dense (RetinaNet-style) student head; "
             f"{type(student).__name__} has none. Remove them from MGD.PATHWAYS / MGD.KD."
         )

@@ -16,6 +16,7 @@ from mgd_det.matching.distiller import mgd_pathway_specs
 from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting
 from mgd_det.matching.pathways import PathwaySpec, parse_pathway
 from mgd_det.matching.weighting import ConstantWeighting, LossWeighting
+from mgd_det.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +29,7 @@ def pathway_specs_from_cfg(cfg: CfgNode) -> List[PathwaySpec]:
     mgd = cfg.MGD
     if mgd.PATHWAYS:
         if mgd.KD.ENABLED:
-            raise ValueError(
+            raise ConfigError(
                 "MGD.KD.ENABLED is set together with MGD.PATHWAYS; add 'KD:<factor>' to "
                 "MGD.PATHWAYS instead and set MGD.KD.ENABLED False."
             )
@@ -36,7 +37,7 @@ def pathway_specs_from_cfg(cfg: CfgNode) -> List[PathwaySpec]:
         return [parse_pathway(text) for text in mgd.PATHWAYS]
     positions, factors = list(mgd.POSITIONS), list(mgd.FACTORS)
     if len(factors) != len(positions):
-        raise ValueError(
+        raise ConfigError(
             f"MGD.FACTORS has {len(factors)} entries but MGD.POSITIONS has {len(positions)} "
             f"({positions}); give one factor per position."
         )
@@ -81,7 +82,7 @@ def replay(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
 def build_loss_weighting(cfg: CfgNode, specs: Sequence[PathwaySpec]) -> LossWeighting:
     name = cfg.MGD.WEIGHTING
     if name not in LOSS_WEIGHTING_REGISTRY:
-        raise ValueError(
+        raise ConfigError(
             f"Unknown MGD.WEIGHTING {name!r}; registered: {sorted(k for k, _ in LOSS_WEIGHTING_REGISTRY)}"
         )
     weighting = LOSS_WEIGHTING_REGISTRY.get(name)(cfg, specs)
