@@ -22,11 +22,22 @@ TINY_OPTS = [
 
 
 def config_path(name: str) -> str:
-    return os.path.join(MINI, name)
+    """A config by file name in configs/mini_digits, or a path as given."""
+    return name if os.path.isfile(name) else os.path.join(MINI, name)
 
 
-def tiny_cfg(config_name: str, output_dir, *opts, freeze=True):
-    cfg = setup_cfg(config_path(config_name), TINY_OPTS + ["OUTPUT_DIR", str(output_dir)] + list(opts))
+def tiny_cfg(config_name: str, output_dir, *opts, freeze=True, evaluate=True, teacher_weights=None):
+    """The one tiny-run config of the tests: ``config_name`` on the tiny sets, batch 2.
+
+    ``evaluate`` keeps the tiny validation set as DATASETS.TEST. ``teacher_weights``
+    (config file -> checkpoint path, e.g. the ``tiny_teacher_weights`` fixture) fills an MGD
+    config's MGD.TEACHER.WEIGHTS unless ``opts`` set it.
+    """
+    base = TINY_OPTS + ([] if evaluate else ["DATASETS.TEST", "()"])
+    cfg = setup_cfg(config_path(config_name), base + ["OUTPUT_DIR", str(output_dir)] + list(opts))
+    if (teacher_weights is not None and cfg.MODEL.META_ARCHITECTURE == "MGDDistiller"
+            and "MGD.TEACHER.WEIGHTS" not in opts):
+        cfg.MGD.TEACHER.WEIGHTS = teacher_weights(cfg.MGD.TEACHER.CONFIG_FILE)
     if freeze:
         cfg.freeze()
     return cfg

@@ -24,13 +24,7 @@ import _tiny
 # oversubscribed threads made tiny training steps ~10x slower. Also keeps CPU math stable.
 torch.set_num_threads(1)
 
-# _tiny holds the shared tiny-run options; evaluation only where a test asks for it.
-TEST_OPTS = list(_tiny.TINY_OPTS) + ["DATASETS.TEST", "()"]
-
-
-def config_path(name: str) -> str:
-    """A config by file name in configs/mini_digits, or a path as given."""
-    return name if os.path.isfile(name) else _tiny.config_path(name)
+config_path = _tiny.config_path
 
 
 @pytest.fixture(scope="session")
@@ -77,18 +71,11 @@ def tiny_teacher_weights(tmp_path_factory, tiny_datasets):
 
 @pytest.fixture(scope="session")
 def tiny_cfg(tiny_datasets, tiny_teacher_weights):
-    """Factory: (config, output_dir, *opts, freeze=True) -> config on the tiny sets."""
-    from mgd_det.config import setup_cfg
+    """Factory: (config, output_dir, *opts, freeze=True) -> ``_tiny.tiny_cfg`` without
+    evaluation, MGD teachers from ``tiny_teacher_weights``."""
 
     def make(config_name: str, output_dir, *opts, freeze: bool = True):
-        path = config_path(config_name)
-        cfg = setup_cfg(path, TEST_OPTS + ["OUTPUT_DIR", str(output_dir)] + list(opts))
-        if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller" and not any(
-            o == "MGD.TEACHER.WEIGHTS" for o in opts
-        ):
-            cfg.MGD.TEACHER.WEIGHTS = tiny_teacher_weights(cfg.MGD.TEACHER.CONFIG_FILE)
-        if freeze:
-            cfg.freeze()
-        return cfg
+        return _tiny.tiny_cfg(config_name, output_dir, *opts, freeze=freeze, evaluate=False,
+                              teacher_weights=tiny_teacher_weights)
 
     return make
