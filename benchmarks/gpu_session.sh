@@ -76,7 +76,8 @@ train LF_train $C/mgd_retinanet_R50_R18_labelfree_train.yaml "${S[@]}" "${T[@]}"
 train LF_pool $C/mgd_retinanet_R50_R18_labelfree_pool.yaml "${S[@]}" "${T[@]}" DATASETS.TRAIN "('$POOL',)" MGD.UNLABELED.STATS_PERIOD 50
 train LF_pool_uniform $C/mgd_retinanet_R50_R18_labelfree_pool_uniform.yaml "${S[@]}" "${T[@]}" DATASETS.TRAIN "('$POOL',)" MGD.UNLABELED.STATS_PERIOD 50
 if [ "${DRYRUN:-0}" != 1 ]; then
-  timeout $(( $(left) - 45 )) $PY -m pytest -q -n 3 -p no:cacheprovider tests > $R/pytest.log 2>&1
+  # -rfE: failures are named in the summary even when the quiet log is cut short.
+  timeout $(( $(left) - 45 )) $PY -m pytest -q -rfE -n 3 -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests > $R/pytest.log 2>&1
 fi
 while [ $(left) -gt 30 ] && pgrep -f "tools/train_net.py" >/dev/null; do sleep 2; done
 pkill -f tools/train_net.py; sleep 2
