@@ -244,6 +244,21 @@ def _digit_size(rng: np.random.Generator, size: int, digit_scale: Tuple[int, int
     return height, width
 
 
+def place_glyph(
+    rng: np.random.Generator, image: np.ndarray, intensity: np.ndarray, occupied: np.ndarray, boxes
+) -> Optional[np.ndarray]:
+    """Paste one glyph (digit, letter) where it fits, in a colour that contrasts with what is
+    under it, and mark its pixels occupied; returns its ink mask, or None if it did not fit."""
+    placed = _try_place(rng, intensity, image.shape[0], occupied, boxes)
+    if placed is None:
+        return None
+    x, y, mask = placed
+    h, w = intensity.shape
+    _paste(image, intensity, x, y, _contrasting_color(rng, image[y : y + h, x : x + w]))
+    occupied[y : y + h, x : x + w] |= intensity > _ALPHA_LOW
+    return mask
+
+
 def render_image(
     rng: np.random.Generator,
     digits: np.ndarray,
@@ -261,14 +276,9 @@ def render_image(
         intensity = _render_digit(digits[index], *_digit_size(rng, image_size, digit_scale))
         if not np.any(intensity >= _INK_THRESHOLD):
             continue
-        placed = _try_place(rng, intensity, image_size, occupied, boxes)
-        if placed is None:
+        mask = place_glyph(rng, image, intensity, occupied, boxes)
+        if mask is None:
             continue
-        x, y, mask = placed
-        h, w = intensity.shape
-        color = _contrasting_color(rng, image[y : y + h, x : x + w])
-        _paste(image, intensity, x, y, color)
-        occupied[y : y + h, x : x + w] |= intensity > _ALPHA_LOW
         boxes.append(mask_to_bbox(mask))
         instances.append((int(labels[index]), mask))
     return np.clip(np.rint(image), 0, 255).astype(np.uint8), instances

@@ -28,11 +28,9 @@ from PIL import Image, ImageDraw, ImageFont, features
 from .mini_digits import (
     _PNG_OPTIONS,
     _background,
-    _contrasting_color,
     _exclusive_lock,
-    _paste,
-    _try_place,
     load_pool_digits,
+    place_glyph,
     render_image,
     split_rng,
 )
@@ -175,13 +173,7 @@ def _draw_letters(rng: np.random.Generator, spec: PoolSpec) -> np.ndarray:
         intensity = _letter_intensity(LETTERS[int(rng.integers(0, len(LETTERS)))], height, width)
         if intensity.size == 0:
             continue
-        placed = _try_place(rng, intensity, size, occupied, boxes)
-        if placed is None:
-            continue
-        x, y, _ = placed
-        h, w = intensity.shape
-        _paste(image, intensity, x, y, _contrasting_color(rng, image[y : y + h, x : x + w]))
-        occupied[y : y + h, x : x + w] |= intensity > 0.25
+        place_glyph(rng, image, intensity, occupied, boxes)
     return np.clip(np.rint(image), 0, 255).astype(np.uint8)
 
 
