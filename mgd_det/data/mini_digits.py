@@ -378,6 +378,30 @@ def _exclusive_lock(path: str):
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def generate_into_place(json_path: str, image_dir: str, generated_subdir: str, generate, description: str) -> None:
+    """Generate a data set once, safely with several processes: under a lock file, into a
+    temporary directory (``generate(tmp)`` writes ``tmp/<generated_subdir>/`` and returns its
+    JSON), then move the images and finally the JSON (the completion marker) into place."""
+    if os.path.isfile(json_path):
+        return
+    base = os.path.dirname(image_dir)
+    os.makedirs(base, exist_ok=True)
+    with _exclusive_lock(os.path.join(base, ".generate.lock")):
+        if os.path.isfile(json_path):  # another process finished while we waited
+            return
+        logger.info("Generating %s into %s", description, base)
+        tmp = tempfile.mkdtemp(prefix=".tmp-generate-", dir=base)
+        try:
+            tmp_json = generate(tmp)
+            if os.path.isdir(image_dir):  # left by an interrupted or deleted-JSON run
+                shutil.rmtree(image_dir)
+            os.replace(os.path.join(tmp, generated_subdir), image_dir)
+            os.makedirs(os.path.dirname(json_path), exist_ok=True)
+            os.replace(tmp_json, json_path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def ensure_split(root: str, spec: MiniDigitsSpec) -> str:
     """Generate the split under ``root`` unless its JSON exists; return the JSON path.
 
@@ -385,25 +409,9 @@ def ensure_split(root: str, spec: MiniDigitsSpec) -> str:
     directory and moves the images, then the JSON (the completion marker) into place.
     """
     json_file, image_root = split_paths(root, spec)
-    if os.path.isfile(json_file):
-        return json_file
-    base = os.path.dirname(image_root)
-    os.makedirs(base, exist_ok=True)
-    with _exclusive_lock(os.path.join(base, ".generate.lock")):
-        if os.path.isfile(json_file):  # another process finished while we waited
-            return json_file
-        logger.info(
-            "Generating mini digits split '%s' (%d images of %dx%d) into %s",
-            spec.split, spec.num_images, spec.image_size, spec.image_size, base,
-        )
-        tmp = tempfile.mkdtemp(prefix=f".tmp-{spec.split}-", dir=base)
-        try:
-            tmp_json = generate_mini_digits(tmp, **spec.generator_kwargs())
-            if os.path.isdir(image_root):  # left by an interrupted or deleted-JSON run
-                shutil.rmtree(image_root)
-            os.replace(os.path.join(tmp, spec.split), image_root)
-            os.makedirs(os.path.dirname(json_file), exist_ok=True)
-            os.replace(tmp_json, json_file)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    generate_into_place(
+        json_file, image_root, spec.split,
+        lambda tmp: generate_mini_digits(tmp, **spec.generator_kwargs()),
+        f"mini digits split '{spec.split}' ({spec.num_images} images of {spec.image_size}x{spec.image_size})",
+    )
     return json_file

@@ -18,8 +18,6 @@ import functools
 import json
 import logging
 import os
-import shutil
-import tempfile
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -28,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 from .mini_digits import (
     _PNG_OPTIONS,
     _background,
-    _exclusive_lock,
+    generate_into_place,
     load_pool_digits,
     place_glyph,
     render_image,
@@ -363,26 +361,11 @@ def ensure_pool(name_or_spec, root: Optional[str] = None) -> str:
 
         root = dataset_root()
     image_dir, json_path = pool_paths(root, spec)
-    if os.path.isfile(json_path):
-        return image_dir
-    base = os.path.dirname(image_dir)
-    os.makedirs(base, exist_ok=True)
-    with _exclusive_lock(os.path.join(base, ".generate.lock")):
-        if os.path.isfile(json_path):
-            return image_dir
-        logger.info(
-            "Generating the unlabeled pool %s (%d images of %dx%d, %.0f%% relevant) into %s",
-            spec.subdir, spec.num_images, spec.image_size, spec.image_size, 100 * spec.relevant_share, base,
-        )
-        tmp = tempfile.mkdtemp(prefix=".tmp-pool-", dir=base)
-        try:
-            tmp_json = generate_pool(tmp, spec)
-            if os.path.isdir(image_dir):  # left by an interrupted run
-                shutil.rmtree(image_dir)
-            os.replace(os.path.join(tmp, "images"), image_dir)
-            os.replace(tmp_json, json_path)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    generate_into_place(
+        json_path, image_dir, "images", lambda tmp: generate_pool(tmp, spec),
+        f"the unlabeled pool {spec.subdir} ({spec.num_images} images of {spec.image_size}x{spec.image_size}, "
+        f"{100 * spec.relevant_share:.0f}% relevant)",
+    )
     return image_dir
 
 
