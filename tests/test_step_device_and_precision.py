@@ -75,9 +75,13 @@ def test_bfloat16_autocast_step_is_finite_and_close_to_float32(tiny_cfg, tmp_pat
         assert torch.isfinite(value), key
         # bfloat16 keeps 8 bits of mantissa: a few percent on sums over many elements.
         assert float(value) == pytest.approx(float(reference[key]), rel=0.1, abs=1e-4), key
-    with EventStorage():
+    # oneDNN's bfloat16 convolution weight-gradient for a 1x1 map (P7 of these 64x64 images)
+    # is sometimes non-finite at random on identical inputs (torch 2.14 CPU; the same backward
+    # without oneDNN never is): the CPU check runs the backward on torch's native kernels.
+    with EventStorage(), torch.backends.mkldnn.flags(enabled=False):
         with torch.autocast("cpu", dtype=torch.bfloat16):
             total = sum(model(batch).values())
-    total.backward()
-    grads = [p.grad for p in model.student.parameters() if p.grad is not None]
-    assert grads and all(torch.isfinite(g).all() for g in grads)
+        total.backward()
+    grads = {n: p.grad for n, p in model.student.named_parameters() if p.grad is not None}
+    assert any(n.startswith("backbone.bottom_up") for n in grads) and any(n.startswith("head.") for n in grads)
+    assert all(torch.isfinite(g).all() for g in grads.values()), [n for n, g in grads.items() if not torch.isfinite(g).all()]
