@@ -15,10 +15,11 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
+
+from mgd_det.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
@@ -115,16 +116,7 @@ class ScoreCache:
         """Write the cache atomically (no-op in memory or when nothing changed)."""
         if not self.path or not self.dirty:
             return
-        folder = os.path.dirname(self.path)
-        os.makedirs(folder, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
         data = {"version": CACHE_VERSION, "identity": self.identity, "entries": self.entries}
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-scores-", suffix=".json", dir=folder)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                json.dump(data, f, sort_keys=True, separators=(",", ":"))
-            os.replace(tmp, self.path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
+        atomic_write_text(self.path, json.dumps(data, sort_keys=True, separators=(",", ":")))
         self.dirty = False

@@ -11,10 +11,10 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from typing import Any, Mapping, Sequence, Tuple, Union
 
+from ...atomic_io import atomic_write_text
 from ._common import check_names
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -81,18 +81,8 @@ def load_trajectory(path: PathLike) -> Trajectory:
 
 
 def save_trajectory(trajectory: Trajectory, path: PathLike) -> None:
-    """Write ``trajectory`` to ``path`` atomically: a temporary file beside it, then
-    ``os.replace``, so a reader (or a run killed mid-write) never sees half a file."""
+    """Write ``trajectory`` to ``path`` atomically (:func:`mgd_det.atomic_io.atomic_write_text`),
+    so a reader (or a run killed mid-write) never sees half a file."""
     path = os.fspath(path)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".trajectory-", suffix=".json.tmp", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(trajectory.to_dict(), f)
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; a result file is meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    atomic_write_text(path, json.dumps(trajectory.to_dict()))
