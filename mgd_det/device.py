@@ -12,6 +12,8 @@ from typing import Optional, Set, Tuple
 import torch
 import torch.distributed as dist
 
+from mgd_det.errors import ConfigError
+
 __all__ = ["AUTO", "resolve_device", "resolve_cfg_device"]
 
 logger = logging.getLogger(__name__)
@@ -27,7 +29,8 @@ def resolve_device(requested: str, cuda_available: Optional[bool] = None) -> Tup
 
     ``AUTO`` (or an empty value) becomes ``"cuda"`` when ``torch.cuda.is_available()`` and
     ``"cpu"`` otherwise. Any other value is kept as given once it is checked: an unparsable
-    string, or a CUDA device on a machine that has none (or fewer), is a ``ValueError``.
+    string, or a CUDA device on a machine that has none (or fewer), is a
+    :class:`~mgd_det.errors.ConfigError` (a ``ValueError``).
     """
     if cuda_available is None:
         cuda_available = torch.cuda.is_available()
@@ -39,21 +42,21 @@ def resolve_device(requested: str, cuda_available: Optional[bool] = None) -> Tup
     try:
         device = torch.device(value)
     except (RuntimeError, ValueError) as err:
-        raise ValueError(
+        raise ConfigError(
             f"MODEL.DEVICE {value!r} is not a torch device ({err}); use cpu, cuda, cuda:N, "
-            f"or leave it unset ({AUTO!r}) to use CUDA when available."
+            f"or leave it unset ({AUTO!r}) to use CUDA when available.", key="MODEL.DEVICE"
         ) from None
     if device.type == "cuda":
         if not cuda_available:
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.DEVICE is {value!r} but torch sees no CUDA device (torch {torch.__version__}, "
                 f"CUDA build: {torch.version.cuda or 'no'}); set MODEL.DEVICE cpu, or leave it unset "
-                "to use CUDA only when available."
+                "to use CUDA only when available.", key="MODEL.DEVICE"
             )
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise ValueError(
+            raise ConfigError(
                 f"MODEL.DEVICE is {value!r} but only {torch.cuda.device_count()} CUDA device(s) "
-                "are visible; pick an existing index or set MODEL.DEVICE cuda."
+                "are visible; pick an existing index or set MODEL.DEVICE cuda.", key="MODEL.DEVICE"
             )
     return value, "MODEL.DEVICE set explicitly"
 

@@ -8,6 +8,7 @@ import torch
 
 from mgd_det.config import get_mgd_cfg, setup_cfg
 from mgd_det.device import AUTO, resolve_device
+from mgd_det.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "mini_digits", "mgd_retinanet_R50_R18_AMP.yaml")
@@ -37,13 +38,13 @@ def test_explicit_cpu_wins_over_cuda():
 
 @pytest.mark.parametrize("value", ["cuda", "cuda:0"])
 def test_explicit_cuda_without_cuda_is_one_clear_error(value):
-    with pytest.raises(ValueError, match=r"MODEL.DEVICE is .* set MODEL.DEVICE cpu") as err:
+    with pytest.raises(ConfigError, match=r"MODEL.DEVICE is .* set MODEL.DEVICE cpu") as err:
         resolve_device(value, cuda_available=False)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and err.value.key == "MODEL.DEVICE"
 
 
 def test_unknown_device_string_names_the_key():
-    with pytest.raises(ValueError, match="MODEL.DEVICE 'gpu' is not a torch device"):
+    with pytest.raises(ConfigError, match="MODEL.DEVICE 'gpu' is not a torch device"):
         resolve_device("gpu", cuda_available=False)
 
 

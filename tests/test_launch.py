@@ -7,6 +7,7 @@ import torch.distributed as dist
 
 from mgd_det.engine import launch as launch_module
 from mgd_det.engine.launch import config_device, launch_processes
+from mgd_det.errors import ConfigError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -60,7 +61,7 @@ def test_cuda_runs_go_to_detectron2(cuda_reported, monkeypatch):
 
 def test_more_cuda_processes_than_gpus_is_one_clear_error(cuda_reported):
     cuda_reported(1)
-    with pytest.raises(ValueError, match="only 1 CUDA device.* set MODEL.DEVICE cpu"):
+    with pytest.raises(ConfigError, match="only 1 CUDA device.* set MODEL.DEVICE cpu"):
         launch_processes(print, 2, dist_url="auto", device="cuda")
 
 

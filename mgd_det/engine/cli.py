@@ -63,17 +63,11 @@ KNOWN_ERRORS: List[Tuple[Tuple[type, ...], Pattern, Callable]] = [
     ((AssertionError,), re.compile(r"assert num_gpus_per_machine <= torch\.cuda\.device_count\(\)"),
      lambda m, e: ("--num-gpus is larger than the number of visible GPUs (--num-gpus): lower it, "
                    "or set MODEL.DEVICE cpu to run CPU processes")),
-    ((ValueError,), re.compile(r"\d+ processes per machine on MODEL\.DEVICE .*CUDA device\(s\) are visible.*"),
-     lambda m, e: f"{m.group(0)} (--num-gpus)"),
-    ((ValueError,), re.compile(r"dist_url 'auto' works on one machine only.*|Several processes need a dist_url.*"),
-     lambda m, e: f"{m.group(0)} (--dist-url)"),
     ((AssertionError,), re.compile(r"dist_url=auto not supported in multi-machine jobs"),
      lambda m, e: "--dist-url auto works on one machine only (--dist-url): pass --dist-url tcp://HOST:PORT"),
     ((AssertionError,), re.compile(r"Total batch size \((\d+)\) must be divisible by the number of gpus \((\d+)\)"),
      lambda m, e: (f"SOLVER.IMS_PER_BATCH {m.group(1)} is not divisible by the {m.group(2)} processes "
                    f"(SOLVER.IMS_PER_BATCH, --num-gpus): use a multiple of {m.group(2)}")),
-    # mgd_det/device.py's messages already name the key and the fix.
-    ((ValueError,), re.compile(r"^MODEL\.DEVICE .*", re.S), lambda m, e: m.group(0)),
     ((RuntimeError, AssertionError, ValueError),
      re.compile(r"Torch not compiled with CUDA enabled|Found no NVIDIA driver[^\n]*|No CUDA GPUs are available"
                 r"|CUDA driver initialization failed[^\n]*|Invalid device id"),

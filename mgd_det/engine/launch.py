@@ -17,6 +17,7 @@ from detectron2.engine.launch import launch as detectron2_launch
 from detectron2.utils import comm
 
 from mgd_det.device import AUTO, resolve_device
+from mgd_det.errors import ConfigError
 
 __all__ = ["config_device", "launch_processes"]
 
@@ -56,10 +57,10 @@ def launch_processes(
     device, _ = resolve_device(device)
     world_size = num_machines * num_processes
     if torch.device(device).type == "cuda" and num_processes > torch.cuda.device_count():
-        raise ValueError(
+        raise ConfigError(
             f"{num_processes} processes per machine on MODEL.DEVICE {device!r}, but only "
             f"{torch.cuda.device_count()} CUDA device(s) are visible; lower --num-gpus or set "
-            "MODEL.DEVICE cpu for CPU (gloo) processes."
+            "MODEL.DEVICE cpu for CPU (gloo) processes. (--num-gpus)", key="--num-gpus"
         )
     if torch.device(device).type != "cpu" or world_size == 1:
         return detectron2_launch(
@@ -68,10 +69,12 @@ def launch_processes(
         )
     if dist_url == "auto":
         if num_machines != 1:
-            raise ValueError("dist_url 'auto' works on one machine only; pass --dist-url tcp://HOST:PORT.")
+            raise ConfigError("dist_url 'auto' works on one machine only; pass --dist-url tcp://HOST:PORT. (--dist-url)",
+                              key="--dist-url")
         dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
     if not dist_url:
-        raise ValueError("Several processes need a dist_url (e.g. 'auto' or tcp://HOST:PORT).")
+        raise ConfigError("Several processes need a dist_url (e.g. 'auto' or tcp://HOST:PORT). (--dist-url)",
+                          key="--dist-url")
     logger.info("Launching %d CPU processes (gloo) on machine %d of %d", num_processes, machine_rank, num_machines)
     mp.start_processes(
         _cpu_worker,
