@@ -11,6 +11,8 @@ from typing import Callable, Dict, Optional
 
 from mgd_det.errors import DataError
 
+from .image_files import _short_reason
+
 
 class FileNamingMapper:
     """Wraps ``mapper(dataset_dict)``; see the module doc."""
@@ -44,5 +46,5 @@ def _read_error(file_name: str, image_format: Optional[str]) -> Optional[str]:
     try:
         read_image(file_name, format=image_format)
     except Exception as err:  # noqa: BLE001 -- any decoder failure is the reason
-        return f"{type(err).__name__}: {err}"
+        return _short_reason(err)
     return None
