@@ -262,9 +262,6 @@ def test_non_finite_features_and_margins():
     d = MatchingDistiller(POSITIONS)
     student, teacher = feats()
     teacher["c3"][0, 0, 0, 0] = float("inf")
-    d.check_finite(student, "student")
-    with pytest.raises(FloatingPointError, match="teacher features at position 'c3'"):
-        d.check_finite(teacher, "teacher")
     d.start_tracking()
     d.track(student, teacher)  # no per-batch read-back; the solve refuses the statistics
     with pytest.raises(FloatingPointError, match="position 'c3'.*NaN/Inf"):

@@ -22,12 +22,12 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
-from ._checks import check_finite
 from .assignment import group_size, solve_assignment
 from .background_solve import SolveJob
 from .matcher import ChannelMatcher, matcher_key
 from .outputs import NetOutputs, TeacherOutput
 from .pathways import (
+    HEAD_FAMILIES,
     MatchedFeaturePathway,
     OutputBoxPathway,
     OutputKDPathway,
@@ -125,7 +125,7 @@ class PathwayDistiller(nn.Module):
 
     @property
     def needs_head(self) -> bool:
-        return any(s.family in ("KD", "BOX") for s in self.specs)
+        return any(s.family in HEAD_FAMILIES for s in self.specs)
 
     def matchers_at(self, position: str) -> List[ChannelMatcher]:
         return [m for m in self.matchers.values() if m.position == position]
@@ -169,11 +169,6 @@ class PathwayDistiller(nn.Module):
         missing = [p for p in self.positions if p not in feats]
         if missing:
             raise ConfigError(f"{side} features lack position(s) {missing} read by the pathways; got {sorted(feats)}")
-
-    def check_finite(self, feats: Mapping[str, torch.Tensor], side: str = "") -> None:
-        """Raise FloatingPointError naming the first position with NaN/Inf (synchronises)."""
-        for name, feat in feats.items():
-            check_finite(feat, f"{side} features at position {name!r}".strip())
 
     # ------------------------------------------------------------------ matching
     def start_tracking(self) -> None:

@@ -80,10 +80,6 @@ class PathwaySpec:
         if not self.name.isidentifier():
             raise ConfigError(f"pathway name {self.name!r} must be an identifier (it names losses and weights)")
 
-    @property
-    def matched(self) -> bool:
-        return self.family in MATCHED_FAMILIES
-
 
 _SPEC_PATTERN = re.compile(r"^\s*(?:(?P<name>\w+)\s*=\s*)?(?P<body>[^=]+?)\s*$")
 

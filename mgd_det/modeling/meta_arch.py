@@ -11,6 +11,7 @@ from torch import nn
 
 from mgd_det.errors import ConfigError
 from mgd_det.matching.distiller import PathwayDistiller
+from mgd_det.matching.pathways import HEAD_FAMILIES
 from mgd_det.matching.margins import margin_from_norm
 from mgd_det.matching.outputs import Canvas, TeacherOutput
 from mgd_det.modeling.feature_taps import FeatureTaps
@@ -89,8 +90,7 @@ class MGDDistiller(nn.Module):
         positions = list(dict.fromkeys(s.position for s in specs if s.position))
         self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
         self.teacher_taps = FeatureTaps(self._teacher.backbone, positions, "teacher")
-        self.needs_head = any(s.family in ("KD", "BOX") for s in specs)
-        if self.needs_head:
+        if any(s.family in HEAD_FAMILIES for s in specs):
             self._check_heads_compatible()
         self.distiller = PathwayDistiller(
             specs,
@@ -118,6 +118,11 @@ class MGDDistiller(nn.Module):
     @property
     def device(self) -> torch.device:
         return self.student.device
+
+    @property
+    def needs_head(self) -> bool:
+        """Whether a pathway (KD, BOX) reads the dense heads' outputs."""
+        return self.distiller.needs_head
 
     def _apply(self, fn, *args, **kwargs):
         super()._apply(fn, *args, **kwargs)
