@@ -50,9 +50,10 @@ def test_sync_count_benchmark_runs(tiny_datasets):
 
     result = measure("configs/mini_digits/mgd_retinanet_R50_R18_AMP.yaml", batch_size=2, image_size=64,
                      warmup=1, opts=["MODEL.DEVICE", "cpu"])
-    counts = result["counts"]
-    assert set(counts) == {"student_step", "mgd_step", "tracking_batch", "mgd_minus_student"}
-    assert counts["mgd_minus_student"] == counts["mgd_step"] - counts["student_step"]
+    # On the CPU nothing synchronises with a device: the benchmark runs every workload and
+    # counts 0 (the CUDA counts are in docs/BENCHMARKS.md).
+    assert result["counts"] == {"student_step": 0, "mgd_step": 0, "tracking_batch": 0, "mgd_minus_student": 0}
+    assert result["device"] == "cpu"
 
 
 def test_bfloat16_autocast_step_is_finite_and_close_to_float32(tiny_cfg, tmp_path):
