@@ -117,7 +117,7 @@ def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
     saved = torch.load(tmp_path / "cut" / f"model_{n - 1:07d}.pth", map_location="cpu", weights_only=True)
     state = saved["trainer"]["hooks"]["DistProHook"]
     assert state["num_meta_steps"] == n and state["trajectory_iterations"].tolist() == [0, 1]
-    assert saved["model"]["distiller.weighting.trajectory_weights"].shape == (0, len(NAMES))  # fixed shape
+    assert not [k for k in saved["model"] if "trajectory" in k]  # the model state has fixed shapes
     resumed_trainer, second_losses = run(cut_cfg, resume=True)
     assert resumed_trainer.start_iter == n
 

@@ -92,47 +92,40 @@ def test_constructor_errors():
 
 # -- trajectory -----------------------------------------------------------------------------
 def learned_with_records(iterations=(0, 10, 20)):
+    """A weighting moved through ``iterations`` and its trajectory (rows: its weight vectors)."""
     weighting = LearnedWeighting(NAMES, REFERENCE)
+    rows = []
     for k, it in enumerate(iterations):
         with torch.no_grad():
             weighting.logits.copy_(torch.tensor([0.5 * k, -0.3 * k, 0.1 * k]))
-        weighting.record(it)
-    return weighting
+        rows.append(weighting.weight_vector().detach())
+    trajectory = Trajectory(NAMES, tuple(iterations), tuple(tuple(row.tolist()) for row in rows))
+    return weighting, trajectory, torch.stack(rows)
 
 
-def test_record_and_export(tmp_path):
-    weighting = learned_with_records()
+def test_save_trajectory(tmp_path):
+    _, trajectory, rows = learned_with_records()
     path = tmp_path / "run" / "trajectory.json"
     path.parent.mkdir()
     path.write_text("old content")
-    weighting.export_trajectory(path)
+    save_trajectory(trajectory, path)
     data = json.loads(path.read_text())
     assert data["names"] == list(NAMES)
     assert data["iterations"] == [0, 10, 20]
-    assert torch.equal(
-        torch.tensor(data["weights"], dtype=torch.float32), weighting.trajectory_weights
-    )
-    torch.testing.assert_close(
-        torch.tensor(data["weights"][-1]), weighting.weight_vector().detach()
-    )
+    assert torch.equal(torch.tensor(data["weights"], dtype=torch.float32), rows)
     assert os.listdir(path.parent) == ["trajectory.json"]  # written atomically, no temp left
-    assert load_trajectory(path) == weighting.trajectory()
-    with pytest.raises(ValueError, match="not after the last recorded"):
-        weighting.record(20)
+    assert load_trajectory(path) == trajectory
 
 
-def test_trajectory_is_in_the_state_dict_and_loads_with_weights_only(tmp_path):
-    weighting = learned_with_records()
+def test_state_dict_has_fixed_shapes_and_loads_with_weights_only(tmp_path):
+    weighting, _, _ = learned_with_records()
     path = tmp_path / "w.pth"
     torch.save(weighting.state_dict(), path)
     state = torch.load(path, weights_only=True)
-    assert all(isinstance(v, torch.Tensor) for v in state.values())
-    fresh = LearnedWeighting(NAMES, REFERENCE)  # empty trajectory: the buffers grow on load
+    assert set(state) == {"logits", "reference"}
+    fresh = LearnedWeighting(NAMES, REFERENCE)
     fresh.load_state_dict(state)
     assert torch.equal(fresh.logits, weighting.logits)
-    assert fresh.trajectory() == weighting.trajectory()
-    fresh.record(30)
-    assert fresh.trajectory().iterations == (0, 10, 20, 30)
 
 
 def test_trajectory_file_errors(tmp_path):
@@ -141,7 +134,7 @@ def test_trajectory_file_errors(tmp_path):
     with pytest.raises(ValueError, match="2 values"):
         Trajectory(("a", "b"), (0,), ((1.0,),))
     with pytest.raises(ValueError, match="no recorded iterations"):
-        LearnedWeighting(NAMES, REFERENCE).trajectory()
+        Trajectory(("a", "b"), (), ())
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
     with pytest.raises(ValueError, match="not valid JSON"):
@@ -193,12 +186,12 @@ def test_replay_reorders_columns_and_accepts_a_path_or_a_dict(tmp_path):
 
 
 def test_replay_of_an_exported_learned_trajectory_is_bitwise(tmp_path):
-    weighting = learned_with_records((0, 10, 20))
-    weighting.export_trajectory(tmp_path / "t.json")
+    _, trajectory, rows = learned_with_records((0, 10, 20))
+    save_trajectory(trajectory, tmp_path / "t.json")
     replay = ReplayWeighting(NAMES, tmp_path / "t.json", stretch_to_iters=20, source_iters=20)
     for row, it in enumerate((0, 10, 20)):
         replay.set_iteration(it)
-        assert torch.equal(replay.weight_vector(), weighting.trajectory_weights[row])
+        assert torch.equal(replay.weight_vector(), rows[row])
 
 
 def test_replay_errors():

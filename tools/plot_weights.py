@@ -3,7 +3,7 @@
 
 Input, either:
 
-* a trajectory JSON written by ``LearnedWeighting.export_trajectory``:
+* a trajectory JSON (``save_trajectory``; a learned run writes ``distpro_trajectory.json``):
   ``{"names": [...], "iterations": [...], "weights": [[w per name], ...]}``;
 * a Detectron2 ``metrics.json`` (one JSON dict per line), or the output directory holding
   it, with per-pathway scalars ``distpro/weight_<name>``.

@@ -31,9 +31,9 @@ Learned mode, per run:
   (atomically; ``tools/plot_weights.py`` plots it, ``"replay"`` replays it).
 - Checkpoint: the hook's state (``trainer.state_dict()["hooks"]["DistProHook"]``) holds the
   logits with their Adam state, the held-out position and the trajectory, all tensors or
-  plain values. The trajectory is kept here, not in the weighting's growing buffers: those
-  are in the model's state dict, which the MGD checkpointer loads with a strict shape check,
-  so they stay empty (fixed shape) and the model checkpoint holds only the logits.
+  plain values. The trajectory is kept here, not in the weighting: the model's state dict is
+  loaded with a strict shape check, so the model checkpoint holds only the fixed-shape logits
+  and reference factors.
 
 Replay mode: ``ReplayHook`` sets the iteration of the
 :class:`~mgd_det.matching.distpro.ReplayWeighting` before every step; no meta-step, no split.

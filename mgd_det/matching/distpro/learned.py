@@ -18,16 +18,13 @@ Normalisation. With n pathways, logits a_1..a_n and one extra logit fixed at 0::
 A single pathway is refused: with one logit the softmax only decides how much of the
 reference to keep, the meta-step then learns a global distillation scale, not a weighting.
 
-The weight trajectory (``record`` / ``export_trajectory``) lives in two growing buffers, so it
-is part of ``state_dict`` as plain tensors (loadable with ``torch.load(weights_only=True)``).
-Check-point this module under its own entry (``MetaWeightStep.state_dict`` does), not inside a
-Detectron2 model: Detectron2's model loader skips checkpoint entries whose shape differs from
-the model's, which a grown trajectory always does.
+The weight trajectory is not kept here: the trainer records it
+(``mgd_det.engine.distpro.TrajectoryRecord``) and writes it with ``save_trajectory``; the
+module's state is only its logits and reference factors (fixed shapes).
 """
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Dict, Mapping, Sequence
 
@@ -36,11 +33,6 @@ from torch import nn
 
 from ..weighting import LossWeighting
 from ._common import check_names, check_same_names
-from .trajectory import PathLike, Trajectory, save_trajectory
-
-logger = logging.getLogger(__name__)
-
-_TRAJECTORY_BUFFERS = ("trajectory_iterations", "trajectory_weights")
 
 
 class LearnedWeighting(LossWeighting):
@@ -70,8 +62,6 @@ class LearnedWeighting(LossWeighting):
         self.names = names
         self.logits = nn.Parameter(torch.zeros(len(names)))
         self.register_buffer("reference", torch.tensor(values))
-        self.register_buffer("trajectory_iterations", torch.zeros(0, dtype=torch.int64))
-        self.register_buffer("trajectory_weights", torch.zeros(0, len(names)))
 
     # -- weights ------------------------------------------------------------------------
     def weight_vector(self) -> torch.Tensor:
@@ -83,46 +73,6 @@ class LearnedWeighting(LossWeighting):
     def weights(self) -> Dict[str, torch.Tensor]:
         vector = self.weight_vector()
         return {name: vector[i] for i, name in enumerate(self.names)}
-
-    # -- trajectory ---------------------------------------------------------------------
-    @torch.no_grad()
-    def record(self, iteration: int) -> None:
-        """Append the current weights at ``iteration`` (which must follow the last one)."""
-        iteration = int(iteration)
-        its = self.trajectory_iterations
-        if its.numel() and iteration <= int(its[-1]):
-            raise ValueError(
-                f"LearnedWeighting.record: iteration {iteration} is not after the last recorded "
-                f"one ({int(its[-1])})"
-            )
-        self.trajectory_iterations = torch.cat([its, its.new_tensor([iteration])])
-        row = self.weight_vector().detach().to(self.trajectory_weights.dtype)
-        self.trajectory_weights = torch.cat([self.trajectory_weights, row[None]])
-
-    def trajectory(self) -> Trajectory:
-        """The recorded weights (host copy). ValueError when nothing was recorded."""
-        return Trajectory(
-            self.names,
-            tuple(self.trajectory_iterations.tolist()),
-            tuple(tuple(row) for row in self.trajectory_weights.double().tolist()),
-        )
-
-    def export_trajectory(self, path: PathLike) -> None:
-        """Write the trajectory JSON ``{names, iterations, weights}`` atomically (call on the
-        main process only)."""
-        save_trajectory(self.trajectory(), path)
-        logger.info(
-            "Wrote the weight trajectory (%d points) to %s", len(self.trajectory_iterations), path
-        )
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        # The trajectory buffers grow: take the saved length before the shape-checked copy.
-        for name in _TRAJECTORY_BUFFERS:
-            saved = state_dict.get(prefix + name)
-            current = getattr(self, name)
-            if isinstance(saved, torch.Tensor) and saved.shape[1:] == current.shape[1:]:
-                setattr(self, name, current.new_empty(saved.shape))
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"names={list(self.names)}"

@@ -166,7 +166,7 @@ class MetaWeightStep:
 
     # -- checkpoint ---------------------------------------------------------------------
     def state_dict(self) -> Dict[str, Any]:
-        """Logits, trajectory and Adam state: tensors and plain Python values only, loadable
+        """Logits and Adam state: tensors and plain Python values only, loadable
         with ``torch.load(weights_only=True)``; checkpoint it under its own entry."""
         return {
             "names": list(self.weighting.names),
