@@ -196,12 +196,10 @@ class MetaWeightStep:
         self.optimizer.load_state_dict(state["optimizer"])
 
     # -- the step -----------------------------------------------------------------------
-    def step(
-        self, train_batch: Any, heldout_batch: Any, virtual_lr: Optional[float] = None
-    ) -> MetaStepStats:
+    def step(self, train_batch: Any, heldout_batch: Any) -> MetaStepStats:
         """One bi-level update of the logits; the student ends exactly as it started."""
         params = self._student_params()
-        lrs = self._virtual_lrs(params, virtual_lr)
+        lrs = self._virtual_lrs(params)
         buffers = BufferSnapshot(self.student)
         rng = RngReplay(params[0].device)
         weights_snapshot = ParameterSnapshot(params)
@@ -254,11 +252,9 @@ class MetaWeightStep:
                 "DARTS's first-order case, the hypergradient is exactly zero here)"
             )
 
-    def _virtual_lrs(self, params: Sequence[nn.Parameter], virtual_lr: Optional[float]):
-        value = virtual_lr if virtual_lr is not None else self.virtual_lr
-        if value is not None:
-            self._check_virtual_lr(value)
-            return [float(value)] * len(params)
+    def _virtual_lrs(self, params: Sequence[nn.Parameter]):
+        if self.virtual_lr is not None:
+            return [float(self.virtual_lr)] * len(params)
         lr_of = {
             id(p): float(group["lr"])
             for group in self.student_optimizer.param_groups
