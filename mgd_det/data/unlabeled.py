@@ -47,13 +47,43 @@ def is_unlabeled_dataset(name: str) -> bool:
     return name in DatasetCatalog.list() and bool(MetadataCatalog.get(name).get("unlabeled", False))
 
 
+# (folder, name) -> (file signature, dataset dicts): the training loader, the assignment
+# hook's tracking and the scoring pass all load the same set; its headers are read, and its
+# bad files reported, once per process while no file under the folder changes.
+_LOADED: Dict[Tuple[str, str], Tuple[int, List[Dict]]] = {}
+
+
+def _folder_signature(folder: str) -> int:
+    """A hash of every file's path, size and modification time under ``folder`` (no reads)."""
+    entries = []
+    for root, _, files in os.walk(folder):
+        for f in files:
+            try:
+                st = os.stat(os.path.join(root, f))
+            except OSError:
+                continue
+            entries.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
+    return hash(tuple(sorted(entries)))
+
+
 def load_image_folder(folder: str, name: str = "") -> List[Dict]:
     """Dataset dicts of every readable image under ``folder`` (recursive, stable order).
 
     Files whose header cannot be read are skipped and reported in one WARNING line. Raises a
-    ValueError naming the folder when it holds no readable image.
+    ValueError naming the folder when it holds no readable image. Loading an unchanged
+    folder again in the same process returns the first result (copies of its dicts).
     """
     folder = os.path.abspath(os.path.expanduser(folder))
+    if os.path.isdir(folder):
+        signature = _folder_signature(folder)
+        cached = _LOADED.get((folder, name))
+        if cached is None or cached[0] != signature:
+            _LOADED[(folder, name)] = cached = (signature, _list_image_folder(folder, name))
+        return [dict(d) for d in cached[1]]
+    return _list_image_folder(folder, name)
+
+
+def _list_image_folder(folder: str, name: str) -> List[Dict]:
     label = f"Unlabeled set '{name}' ({folder})" if name else f"Unlabeled folder {folder}"
     if not os.path.isdir(folder):
         raise ValueError(f"{label}: folder not found. Fix the path (MGD.UNLABELED.FOLDERS 'name:path').")
