@@ -15,11 +15,12 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
+from benchmarks.ledger import METRICS, device_description, read_evaluations
+
 logger = logging.getLogger(__name__)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs", "mini_digits")
-METRICS = ("AP", "AP50", "AP75")
 
 # Students of a study: name -> config file (all share the R18 student and its schedule).
 STUDENTS = {
@@ -40,6 +41,7 @@ STUDENTS = {
 # Named groups of students for --students.
 STUDENT_GROUPS = {"labelfree": ["baseline", "LF_train", "LF_pool", "LF_pool_uniform"]}
 TEACHER = "retinanet_R50_FPN.yaml"
+TEACHER_NAME = "teacher_R50"  # the teacher's row in tables and the ledger
 
 
 @dataclass
@@ -57,21 +59,28 @@ class Schedule:
     student_lr: Optional[float] = None
     finetune_iters: int = 100
     finetune_lr: float = 0.002
+    # TEST.EVAL_PERIOD of every run (None: the config's); the ledger keeps every evaluation.
+    eval_period: Optional[int] = None
+    # The tiny data sets at 64² instead of the bundled ones (smoke runs of the study machinery).
+    tiny: bool = False
 
     def solver_opts(self, iters: Optional[int]) -> List[str]:
         if iters is None:
-            return []
+            return self._eval_opts()
         steps = f"({int(iters * 2 / 3)}, {int(iters * 8 / 9)})"
         warmup = min(100, iters // 4)
         lr = [] if self.student_lr is None else ["SOLVER.BASE_LR", str(self.student_lr)]
         return ["SOLVER.MAX_ITER", str(iters), "SOLVER.STEPS", steps, "SOLVER.WARMUP_ITERS", str(warmup),
-                *self._batch_opts(), *lr]
+                *self._batch_opts(), *lr, *self._eval_opts()]
 
     def finetune_opts(self, student_weights: str) -> List[str]:
         iters = self.finetune_iters
         return ["MODEL.WEIGHTS", student_weights, "SOLVER.MAX_ITER", str(iters), "SOLVER.BASE_LR",
                 str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
-                str(min(20, iters // 5)), *self._batch_opts()]
+                str(min(20, iters // 5)), *self._batch_opts(), *self._eval_opts()]
+
+    def _eval_opts(self) -> List[str]:
+        return [] if self.eval_period is None else ["TEST.EVAL_PERIOD", str(self.eval_period)]
 
     def _batch_opts(self) -> List[str]:
         return [] if self.batch is None else ["SOLVER.IMS_PER_BATCH", str(self.batch)]
@@ -84,6 +93,14 @@ MODES = {
     # 200 iterations at batch 16 and lr 0.02 (1.6 epochs; what 15 student runs cost in one
     # session on 2 cores), fine-tuning 100 more iterations at lr 0.002.
     "full": Schedule(student_iters=200, batch=16, student_lr=0.02, finetune_iters=100),
+    # The GPU study (issue 21): students 3,000 iterations at batch 16 (24 epochs of the bundled
+    # set), evaluated every 500. The teacher's 3,000 iterations at its config's lr are a
+    # placeholder until a recipe clearly stronger than the baseline is found on a GPU.
+    "gpu": Schedule(teacher_iters=3000, student_iters=3000, batch=16, student_lr=0.02, finetune_iters=500,
+                    eval_period=500),
+    # The study machinery end to end in seconds on a CPU (tests, gpu_session.sh DRYRUN=1): the
+    # tiny data sets, 4 iterations, batch 2. Its numbers mean nothing.
+    "smoke": Schedule(teacher_iters=4, student_iters=4, batch=2, finetune_iters=2, tiny=True),
 }
 
 # The fine-tuning rows: name -> (config, distils from the teacher), both started from a
@@ -95,17 +112,9 @@ FINETUNES = {
 
 
 def read_final_metrics(output_dir: str) -> Dict[str, float]:
-    """The last evaluation's bbox AP/AP50/AP75 from Detectron2's metrics.json."""
-    path = os.path.join(output_dir, "metrics.json")
-    if not os.path.isfile(path):
-        return {}
-    found = {}
-    with open(path) as f:
-        for line in f:
-            record = json.loads(line)
-            if "bbox/AP" in record:
-                found = {m: record[f"bbox/{m}"] for m in METRICS}
-    return found
+    """The last evaluation's bbox AP/AP50/AP75 from Detectron2's metrics.json ({} if none)."""
+    evaluations = read_evaluations(output_dir)
+    return {m: evaluations[-1][m] for m in METRICS} if evaluations else {}
 
 
 WALL_FILE = "wall_seconds.json"
@@ -127,6 +136,10 @@ def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: st
                     metrics["wall_s"] = json.load(f)["wall_s"]
             return metrics
     os.makedirs(output_dir, exist_ok=True)
+    # Detectron2 appends to metrics.json: a killed earlier attempt's records would mix in.
+    stale = os.path.join(output_dir, "metrics.json")
+    if os.path.isfile(stale):
+        os.remove(stale)
     cmd = [sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file", config,
            "OUTPUT_DIR", output_dir, *opts]
     logger.info("Running: %s", " ".join(cmd))
@@ -164,15 +177,6 @@ def expand_students(names: Sequence[str]) -> List[str]:
     return out
 
 
-def device_description() -> str:
-    """What the runs train on (they pick CUDA when it is available)."""
-    import torch
-
-    if torch.cuda.is_available():
-        return f"{torch.cuda.get_device_name(0)} (CUDA)"
-    return f"CPU ({os.cpu_count()} cores)"
-
-
 def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
     """Mean and sample std of each metric over seeds, plus every seed's AP (in seed order)."""
     out = {"AP_per_seed": [r["AP"] for r in per_seed]}
@@ -187,33 +191,42 @@ def summarize(per_seed: List[Dict[str, float]]) -> Dict[str, float]:
     return out
 
 
-def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str,
-              finetune: bool = False, parallel: int = 1) -> Dict[str, dict]:
-    """Train the teacher once, then every student for every seed; returns the summary.
-
-    With ``finetune``, each seed's baseline student is also trained further with and without
-    MGD (the rows of ``FINETUNES``); this needs "baseline" among ``students``. ``parallel``
-    runs that many independent student runs side by side.
-    """
-    students = expand_students(students)
-    logger.info("Study %s on %s: students %s, seeds %s", mode, device_description(), students, list(seeds))
+def check_study(mode: str, students: Sequence[str], finetune: bool) -> List[str]:
+    """The students with groups expanded, after checking the mode and the names."""
     if mode not in MODES:
         raise ValueError(f"unknown mode {mode!r}; choose from {sorted(MODES)}")
+    students = expand_students(students)
     unknown = [s for s in students if s not in STUDENTS]
     if unknown:
         raise ValueError(f"unknown students {unknown}; choose from {sorted(STUDENTS)}")
     if finetune and "baseline" not in students:
         raise ValueError("the fine-tuning rows start from the baseline students: add 'baseline' to the students")
+    return students
+
+
+def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str,
+              finetune: bool = False, parallel: int = 1, extra_opts: Sequence[str] = ()) -> Dict[str, dict]:
+    """Train the teacher once, then every student for every seed; returns the summary.
+
+    With ``finetune``, each seed's baseline student is also trained further with and without
+    MGD (the rows of ``FINETUNES``); this needs "baseline" among ``students``. ``parallel``
+    runs that many independent student runs side by side; ``extra_opts`` (KEY VALUE pairs) go
+    to every run.
+    """
+    students = check_study(mode, students, finetune)
+    logger.info("Study %s on %s: students %s, seeds %s", mode, device_description(), students, list(seeds))
+    if MODES[mode].tiny:
+        raise ValueError(f"mode {mode!r} runs only as a budgeted study: add --ledger DIR")
     schedule = MODES[mode]
     teacher_dir = os.path.join(out_root, "teacher_R50")
     teacher = run_training(os.path.join(CONFIGS, TEACHER), teacher_dir,
-                           schedule.solver_opts(schedule.teacher_iters) + ["SEED", "0"])
+                           schedule.solver_opts(schedule.teacher_iters) + ["SEED", "0", *extra_opts])
     teacher_opts = ["MGD.TEACHER.WEIGHTS", os.path.join(teacher_dir, "model_final.pth")]
     summary = {"teacher_R50": summarize([teacher])}
     jobs = {}
     for student in students:
         for seed in seeds:
-            opts = schedule.solver_opts(schedule.student_iters) + ["SEED", str(seed)]
+            opts = schedule.solver_opts(schedule.student_iters) + ["SEED", str(seed), *extra_opts]
             if student != "baseline":
                 opts += teacher_opts
             run_dir = os.path.join(out_root, f"student_R18_{student}_seed{seed}")
@@ -225,7 +238,7 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
     for name, (config, distils) in (FINETUNES.items() if finetune else ()):
         for seed in seeds:
             baseline = os.path.join(out_root, f"student_R18_baseline_seed{seed}", "model_final.pth")
-            opts = schedule.finetune_opts(baseline) + ["SEED", str(seed)]
+            opts = schedule.finetune_opts(baseline) + ["SEED", str(seed), *extra_opts]
             if distils:
                 opts += teacher_opts
             jobs[(name, seed)] = (os.path.join(CONFIGS, config), os.path.join(out_root, f"{name}_seed{seed}"), opts)

@@ -89,9 +89,9 @@ class TrainStep:
 
     ``loss_dict = model(batch); losses = sum(loss_dict.values()); optimizer.zero_grad();
     losses.backward(); optimizer.step()``, plus the metrics read-back SimpleTrainer does
-    (one ``.item()`` per loss). For an :class:`MGDDistiller` it also does what
-    ``MGDAssignmentHook`` adds to every step when ``MGD.CHECK_FINITE_PERIOD`` is 1: the
-    feature finiteness flags, read back after the step.
+    (one ``.item()`` per loss). For an :class:`MGDDistiller` at ``MGD.CHECK_FINITE_PERIOD`` 1
+    the step flags non-finite features (as every training step then does) and reads the
+    flags back after the step.
     """
 
     def __init__(self, model: nn.Module, cfg: CfgNode):
@@ -101,18 +101,15 @@ class TrainStep:
         self.storage = EventStorage()  # the heads log scalars, as under a trainer
 
     def __call__(self, batch: List[dict]) -> Dict[str, float]:
-        if self.check_finite:
-            self.model.check_finite = True
-        with self.storage:
+        with self.storage:  # iteration 0: the model checks its features when the period is 1
             loss_dict = self.model(batch)
         losses = sum(loss_dict.values())
         self.optimizer.zero_grad()
         losses.backward()
         self.optimizer.step()
         metrics = {k: v.detach().cpu().item() for k, v in loss_dict.items()}
-        if self.check_finite and self.model.nonfinite_report:
-            torch.stack(list(self.model.nonfinite_report.values())).cpu()
-            self.model.nonfinite_report = None
+        if self.check_finite:
+            self.model.nonfinite_sources(clear=True)
         if not all(math.isfinite(v) for v in metrics.values()):
             logger.warning("non-finite loss in a benchmark step: %s", metrics)
         return metrics

@@ -1,9 +1,11 @@
 """Matching Guided Distillation for object detectors, as a Detectron2 extension.
 
 Importing ``mgd_det`` (or its Detectron2-free core ``mgd_det.matching``) does not import
-Detectron2. The Detectron2 side registers itself when it is imported: ``mgd_det.config``,
-``mgd_det.modeling`` (the ``MGDDistiller`` meta-architecture), ``mgd_det.data`` (the
-bundled data sets) and ``mgd_det.engine`` (the trainer) each make sure of that.
+Detectron2. ``mgd_det.config`` only declares keys (a leaf); the Detectron2 side registers
+itself when it is imported: ``mgd_det.modeling`` (the ``MGDDistiller`` meta-architecture,
+the loss weightings, its config checks) and ``mgd_det.data`` (the bundled data sets, its
+config checks); ``mgd_det.engine`` imports both. Entry points import what they use
+(``import mgd_det.modeling  # registers``).
 """
 
 __version__ = "0.1.0"

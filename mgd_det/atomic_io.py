@@ -9,11 +9,12 @@ failure the temporary file is removed and the target is untouched.
 Temporary files are named ``<target>.tmp-<pid>``: :func:`remove_stale_temporaries` deletes
 those left by a killed process (whose pid no longer runs).
 """
+import errno
 import glob
 import logging
 import os
 import re
-from typing import BinaryIO, Callable, List
+from typing import BinaryIO, Callable, List, Optional
 
 logger = logging.getLogger(__name__)
 
@@ -38,10 +39,11 @@ def _fsync_dir(folder: str) -> None:
 
 
 class _RecordingFile:
-    """A binary file that remembers the first OSError of its ``write``.
+    """A binary file that remembers the first OSError or KeyboardInterrupt of its ``write``.
 
-    torch's zip writer turns a failed write (EFBIG, ENOSPC) into an opaque "unexpected pos"
-    RuntimeError; the recorded OSError is the cause worth reporting.
+    torch's zip writer turns a failed write (EFBIG, ENOSPC) -- and a Ctrl-C that lands in
+    the write -- into an opaque "unexpected pos" RuntimeError; the recorded exception is the
+    cause worth reporting.
     """
 
     def __init__(self, f: BinaryIO):
@@ -51,7 +53,7 @@ class _RecordingFile:
     def write(self, data):
         try:
             return self._f.write(data)
-        except OSError as err:
+        except (OSError, KeyboardInterrupt) as err:
             self.error = self.error or err
             raise
 
@@ -65,6 +67,11 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
     Raises whatever ``write`` or the file system raised (the OSError behind a writer's own
     error when there was one); ``path`` is then unchanged.
     """
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        # Named here: otherwise the error would name the internal temporary file.
+        reason = "is not a folder" if os.path.exists(folder) else "does not exist"
+        raise FileNotFoundError(errno.ENOENT, f"cannot write {path}: its folder {reason}", folder)
     tmp = temporary_name(path)
     recorder = None
     try:
@@ -79,10 +86,26 @@ def atomic_write(path: str, write: Callable[[BinaryIO], None]) -> None:
             os.remove(tmp)
         except OSError:
             pass
-        if recorder is not None and recorder.error is not None and not isinstance(err, OSError):
+        interrupt = _interruption(err, recorder)
+        if interrupt is not None and interrupt is not err:
+            raise interrupt from None  # a Ctrl-C stays a Ctrl-C, not a write failure
+        if recorder is not None and recorder.error is not None and not isinstance(err, (OSError, KeyboardInterrupt)):
             raise recorder.error from err
         raise
     _fsync_dir(os.path.dirname(os.path.abspath(path)))
+
+
+def _interruption(err: BaseException, recorder) -> Optional[KeyboardInterrupt]:
+    """The KeyboardInterrupt behind ``err`` (itself, a cause or context of it, or the one the
+    writer recorded), if any: a writer in C++ (torch's) reports it as a RuntimeError."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, KeyboardInterrupt):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    error = recorder.error if recorder is not None else None
+    return error if isinstance(error, KeyboardInterrupt) else None
 
 
 def atomic_write_text(path: str, text: str) -> None:

@@ -2,13 +2,17 @@
 
 Call :func:`add_mgd_config` on a fresh ``get_cfg()`` before merging a config file; the
 helper :func:`get_mgd_cfg` does both.
+
+A leaf, as in Detectron2's projects: it imports Detectron2's ``CfgNode`` and the leaf helpers
+(config_paths, device, errors), never ``mgd_det.data`` / ``mgd_det.modeling``. Those register
+their data sets, the ``MGDDistiller`` meta-architecture and their key checks
+(:mod:`mgd_det.config_checks`) when imported: entry points import them
+(``import mgd_det.modeling  # registers``).
 """
 
 from detectron2.config import CfgNode as CN
 from detectron2.config import get_cfg
 
-from mgd_det import data as _data  # noqa: F401  (registers the bundled data sets)
-from mgd_det import modeling as _modeling  # noqa: F401  (registers MGDDistiller)
 from mgd_det.config_paths import merge_config, resolve_path_key
 from mgd_det.device import AUTO, resolve_cfg_device
 
@@ -81,12 +85,13 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.DISTPRO.HELDOUT_FRACTION = 0.05
     # LR of the virtual SGD step; 0: the student's current LR per parameter (follows the schedule).
     cfg.MGD.DISTPRO.VIRTUAL_LR = 0.0
-    # Norm of the finite-difference perturbation of the Hessian-vector product (DARTS: 0.01).
-    cfg.MGD.DISTPRO.FD_RADIUS = 0.01
+    # Norm of the finite-difference perturbation of the Hessian-vector product (eps = radius /
+    # ||xi v||, as in DARTS, whose 0.01 is 26-72 % off on a detector; 1e-4: ~1.5 %, BENCHMARKS §7d).
+    cfg.MGD.DISTPRO.FD_RADIUS = 1e-4
     # "replay": the trajectory JSON of a learned run (its OUTPUT_DIR/distpro_trajectory.json).
     cfg.MGD.DISTPRO.TRAJECTORY = ""
-    # "replay": SOLVER.MAX_ITER of the run that recorded TRAJECTORY; it is stretched linearly
-    # to this run's SOLVER.MAX_ITER. 0: same length (no stretching).
+    # "replay": SOLVER.MAX_ITER of the run that recorded TRAJECTORY, stretched linearly to this
+    # run's SOLVER.MAX_ITER. 0: the one recorded in the trajectory file (> 0 overrides it).
     cfg.MGD.DISTPRO.REPLAY_SOURCE_ITERS = 0
 
     cfg.MGD.UPDATE = CN()
@@ -105,8 +110,9 @@ def add_mgd_config(cfg: CN) -> CN:
     # takes effect. 0: synchronous (training waits for the solve). > 0: the host solve runs
     # in a worker process while training continues, and the result is installed exactly this
     # many iterations later (waiting only if it is not ready), so runs stay deterministic and
-    # resumable. An update that comes due earlier installs the pending one first. 20 covers a
-    # ~1 s solve at GPU speeds (~0.1 s per iteration on the bundled data).
+    # resumable. Must be < PERIOD (and < SLOW_PERIOD once active): checked up front; with
+    # PERIOD 0 (one epoch) a shorter epoch only warns. 20 covers a ~1 s solve at GPU speeds
+    # (~0.1 s per iteration on the bundled data).
     cfg.MGD.UPDATE.APPLY_DELAY = 20
 
     cfg.MGD.KD = CN()
@@ -117,6 +123,11 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.KD.WEIGHT = 1.0
     # KD temperature (the original MGD used 1.5 for classification).
     cfg.MGD.KD.TEMPERATURE = 1.0
+    # Foreground temperature tau of the dense KD and BOX pathways (RetinaNet-style heads): an
+    # anchor's foreground weight is sigmoid(teacher's largest logit / tau), and both losses are
+    # normalised by the teacher's foreground mass (the sum of these weights). 1: the teacher's
+    # probability itself; 0.1: close to the indicator of p >= 0.5 (mgd_det/matching/kd.py).
+    cfg.MGD.KD.FOREGROUND_TEMPERATURE = 0.1
 
     # Flag NaN/Inf teacher/student features every this many iterations (device-side, read
     # only when training stops, to name the position behind a NaN loss); 0 disables it.
@@ -141,10 +152,14 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.UNLABELED.UNIFORM_SHARE = 0.2
     # Added to every score before tempering (keeps zero-score images reachable).
     cfg.MGD.UNLABELED.SCORE_EPS = 0.01
-    # Image score: "mass" (sum of teacher detection scores >= SCORE_THRESH) or "max".
-    cfg.MGD.UNLABELED.SCORE = "mass"
-    # Teacher detection confidence counted in the "mass" score.
+    # Image score: "relative" (sum of teacher detection scores >= min(SCORE_THRESH, the pool's
+    # SCORE_QUANTILE of per-image max scores): ranks with a weak teacher too), "mass" (sum of
+    # detection scores >= SCORE_THRESH) or "max". Uninformative scores: uniform sampling.
+    cfg.MGD.UNLABELED.SCORE = "relative"
+    # Teacher detection confidence counted in the "mass" score (the most "relative" asks).
     cfg.MGD.UNLABELED.SCORE_THRESH = 0.5
+    # "relative": quantile of the pool's per-image maximum detection scores used as threshold.
+    cfg.MGD.UNLABELED.SCORE_QUANTILE = 0.9
     # Images per teacher forward in the scoring pass.
     cfg.MGD.UNLABELED.SCORE_BATCH_SIZE = 8
     # Score cache file ("": OUTPUT_DIR/unlabeled_scores.json); runs sharing a teacher may share it.

@@ -17,6 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from mgd_det.cfg_facts import get_key, has_key, set_key
 from mgd_det.errors import ConfigError, UnknownConfigKeyError, UserFileNotFoundError
 
 BASE_KEY = "_BASE_"
@@ -69,6 +70,8 @@ _MISMATCH = re.compile(
     r"Type mismatch \(<class '(?P<want>\w+)'> vs\. <class '(?P<got>\w+)'>\) with values "
     r"\((?P<default>.*) vs\. (?P<value>.*)\) for config key: (?P<key>\S+)", re.S)
 _INVALID_TYPE = re.compile(r"Invalid type (.*) for key (\S+); valid types")
+# A value the literal parser kept as text because it holds a NaN or an infinity.
+_NOT_FINITE = re.compile(r"(?<![\w'\"])[-+]?(nan|inf|infinity)(?![\w'\"])", re.I)
 
 
 def _translate(err: BaseException, where: str) -> Exception:
@@ -83,6 +86,10 @@ def _translate(err: BaseException, where: str) -> Exception:
     if match:
         want, got = match.group("want"), match.group("got")
         key, value = match.group("key"), match.group("value")
+        not_finite = _NOT_FINITE.search(value) if got == "str" and want in ("float", "int", "list", "tuple") else None
+        if not_finite:
+            return ConfigError(f"config key {key}: {value} (in {where}) holds {not_finite.group(0)}, which is not "
+                               "a finite number: give finite numbers only", key=key)
         example = {"float": " (write e.g. 1.0, not 1)", "list": " (write a list, e.g. \"['a', 'b']\")",
                    "tuple": " (write e.g. \"('a',)\")"}.get(want, "")
         return ConfigError(f"config key {key} expects a value of type {want}, got {value} ({got}) in {where}{example}", key=key)
@@ -132,19 +139,10 @@ def _bases(config_file: str) -> List[str]:
     return result
 
 
-def _sets_key(data: Dict[str, Any], key: str) -> bool:
-    node: Any = data
-    for part in key.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return False
-        node = node[part]
-    return True
-
-
 def key_origin(config_file: str, key: str) -> Optional[str]:
     """The file of ``config_file``'s ``_BASE_`` chain whose own text sets ``key`` last (the
     child over its bases, later bases over earlier ones), or None if none sets it."""
-    if _sets_key(_load_yaml(config_file), key):
+    if has_key(_load_yaml(config_file), key):
         return config_file
     for base in reversed(_bases(config_file)):
         if os.path.isfile(base):
@@ -161,11 +159,7 @@ def resolve_path_key(cfg, key: str, config_file: str, opts: Sequence[str] = (), 
     of the file that set it) or "cwd" (the working directory, where Detectron2 writes
     OUTPUT_DIR: right for weights that a run will produce).
     """
-    node = cfg
-    *parents, leaf = key.split(".")
-    for part in parents:
-        node = node[part]
-    path = node[leaf]
+    path = get_key(cfg, key)
     if not path or os.path.isabs(os.path.expanduser(path)) or "://" in path:
         return path
     opts = list(opts)
@@ -181,5 +175,5 @@ def resolve_path_key(cfg, key: str, config_file: str, opts: Sequence[str] = (), 
     found = next((c for c in candidates if os.path.exists(c)), None)
     if found is None:
         found = path if missing_from == "cwd" else candidates[0]
-    node[leaf] = found
+    set_key(cfg, key, found)
     return found

@@ -51,6 +51,11 @@ fi
 
 # --- the interpreter --------------------------------------------------------------------
 STAMP=""
+# Whatever PYTHON names must be a Python 3.9+ (a typo or another program would otherwise
+# surface much later as "torch install failed").
+python_ok() { [ "$("$1" -c 'import sys; print("python-ok" if sys.version_info >= (3, 9) else "too-old")' 2>/dev/null)" = python-ok ]; }
+command -v "$PYTHON_BIN" >/dev/null 2>&1 || die "no interpreter '$PYTHON_BIN' (PYTHON): set PYTHON=/path/to/python3"
+python_ok "$PYTHON_BIN" || die "PYTHON=$PYTHON_BIN is not a Python 3.9 or newer interpreter: set PYTHON=/path/to/python3"
 if [ "$ENV_MODE" = venv ]; then
   if [ ! -x "$VENV/bin/python" ]; then
     step "creating virtual environment $VENV"

@@ -5,6 +5,9 @@
 - ``tiny_teacher_weights(config)``: a plain checkpoint of a freshly initialised detector
   (fixed seed), written once per config per session; it stands in for a trained teacher (or a
   pretrained student).
+- ``trained_tiny_teacher``: a tiny RetinaNet R18 teacher *trained* (~1 minute on CPU, see
+  ``_trained_teacher.py``) for tests where teacher scores must carry information:
+  (config file, weights file, seconds it took).
 - ``tiny_cfg(config, output_dir, *opts)``: a frozen config on the tiny sets (batch 2, a few
   iterations, no data workers); for MGD configs the teacher weights come from
   ``tiny_teacher_weights``.
@@ -79,3 +82,11 @@ def tiny_cfg(tiny_datasets, tiny_teacher_weights):
                               teacher_weights=tiny_teacher_weights)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_teacher(tmp_path_factory, tiny_datasets):
+    """(config file, weights file, training seconds) of a teacher trained once per session."""
+    from _trained_teacher import train_tiny_teacher
+
+    return train_tiny_teacher(str(tmp_path_factory.mktemp("trained_teacher")), tiny_datasets)

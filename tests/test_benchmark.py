@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from _runner import run_code
 from benchmarks import (
     interleaved_times,
     load_assignment_npz,
@@ -90,6 +91,7 @@ def quick_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_cli_writes_json_markdown_npz(quick_run):
     with open(quick_run / "results.json") as f:
         results = json.load(f)
@@ -114,6 +116,7 @@ def test_cli_writes_json_markdown_npz(quick_run):
     assert saved["res5_g1"]["cost"].shape == (512, 512) and saved["res5_g1"]["after"].shape == (512, 1)
 
 
+@pytest.mark.slow
 def test_cli_solver_on_saved_costs(quick_run, tmp_path):
     npz = str(quick_run / "assignment.npz")
     argv = ["--out-dir", str(tmp_path), "--config-file", CONFIG, "--only", "solver", "--solver-costs", npz, *FAST_OPTS]
@@ -139,6 +142,7 @@ def test_cli_rejects_unknown_part(tmp_path):
         tool("benchmark")["main"](["--out-dir", str(tmp_path), "--only", "steps"])
 
 
+@pytest.mark.slow
 def test_memory_worker_in_a_fresh_process():
     run = run_worker("mgd", CONFIG, FAST_OPTS, batch_size=1, image_size=64, steps=1)
     assert set(run) == {"peak_rss_mb", "rss_after_import_mb", "rss_after_build_mb", "rss_end_mb"}
@@ -218,13 +222,12 @@ def test_plot_curves(tmp_path):
     assert keys == ["total_loss", "loss_cls", "loss_mgd_res2", "bbox/AP"]
 
 
+@pytest.mark.slow
 def test_worker_peak_memory_is_its_own_not_the_parents():
     """A worker started by a big parent must not report the parent's peak (ru_maxrss does)."""
-    import subprocess
-    import sys
-
     ballast = np.ones(1_500 * 2**20 // 8)  # 1.5 GiB, touched, resident in this process
-    code = "from benchmarks.memory import _peak_rss_mb; print(_peak_rss_mb())"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    proc = run_code("from benchmarks.memory import _peak_rss_mb; print(_peak_rss_mb())")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = proc.stdout
     assert ballast[-1] == 1.0
     assert 0 < float(out) < 1_000, out

@@ -10,8 +10,6 @@ import errno
 import logging
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 
 import numpy as np
@@ -19,13 +17,9 @@ import pytest
 import torch
 from torch import nn
 
-from _tiny import REPO
-from mgd_det.engine.checkpoint import (
-    CheckpointLoadError,
-    CheckpointSaveError,
-    MGDCheckpointer,
-    UnsafeCheckpointError,
-)
+from _runner import start_code
+from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.checkpoint_errors import CheckpointLoadError, CheckpointSaveError, UnsafeCheckpointError
 
 
 class Tiny(nn.Module):
@@ -91,7 +85,8 @@ CHILD_PRELUDE = """
 import io, os, resource, sys, time
 import torch
 from torch import nn
-from mgd_det.engine.checkpoint import MGDCheckpointer, CheckpointSaveError
+from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.checkpoint_errors import CheckpointSaveError
 folder = sys.argv[1]
 model = nn.Linear(8, 8)
 ckpt = MGDCheckpointer(model, folder)
@@ -100,11 +95,11 @@ print("SAVED", flush=True)
 """
 
 
-def run_child(code, folder, **kwargs):
-    return subprocess.Popen([sys.executable, "-c", CHILD_PRELUDE + textwrap.dedent(code), str(folder)],
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+def run_child(code, folder):
+    return start_code(CHILD_PRELUDE + textwrap.dedent(code), folder)
 
 
+@pytest.mark.slow
 def test_file_size_limit_while_saving(tmp_path):
     """RLIMIT_FSIZE hits in the middle of writing a larger checkpoint (EFBIG)."""
     proc = run_child("""
@@ -125,6 +120,7 @@ def test_file_size_limit_while_saving(tmp_path):
     torch.load(tmp_path / "model_0000000.pth", weights_only=True)  # still a valid checkpoint
 
 
+@pytest.mark.slow
 def test_sigkill_in_the_middle_of_a_save(tmp_path, caplog):
     """A real process killed (SIGKILL) while it writes model_final.pth: the last good
     checkpoint and last_checkpoint survive; the partial file is cleaned up; resume works."""

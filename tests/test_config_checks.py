@@ -1,5 +1,6 @@
 """Issue 13 point 2: the MGD config is validated up front, naming the key; relative paths are
-read from the file that set them (a _BASE_ file's own folder; the command line: the cwd)."""
+read from the file that set them (a _BASE_ file's own folder; the command line: the cwd).
+Issue 18: one check registry, filled by the modules that own the keys; validated once per launch."""
 import glob
 import os
 
@@ -7,7 +8,7 @@ import pytest
 
 from _tiny import MINI, REPO
 from mgd_det.config import setup_cfg
-from mgd_det.config_checks import CHECKS, config_check, validate_mgd_config
+from mgd_det.config_checks import CHECKS, register_config_check, validate_mgd_config, validate_once
 from mgd_det.errors import ConfigError, UnknownConfigKeyError, UserFileNotFoundError
 
 MGD = os.path.join(MINI, "mgd_retinanet_R50_R18_AMP.yaml")
@@ -50,6 +51,9 @@ def test_every_shipped_config_validates(path):
     (["SOLVER.IMS_PER_BATCH", "0"], "SOLVER.IMS_PER_BATCH"),
     (["MODEL.RETINANET.NUM_CLASSES", "0"], "MODEL.RETINANET.NUM_CLASSES"),
     (["DATASETS.COCO_SETS", "('only_a_name',)"], "DATASETS.COCO_SETS"),
+    (["MGD.UNLABELED.TEMPERATURE", "0.0"], "MGD.UNLABELED.TEMPERATURE"),
+    (["MGD.PATHWAYS", "['AMP:res4:1.0', 'AMP:res4:2.0']"], "MGD.PATHWAYS"),
+    (["MGD.DISTPRO.HELDOUT_FRACTION", "1.0"], "MGD.DISTPRO.HELDOUT_FRACTION"),
 ])
 def test_bad_value_is_named(opts, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")) as info:
@@ -69,7 +73,7 @@ def test_plain_config_skips_mgd_checks():
 
 
 def test_checks_are_extensible():
-    @config_check()
+    @register_config_check
     def check_demo(cfg):
         if cfg.MGD.LOSS_WEIGHT == 0.5:
             yield "MGD.LOSS_WEIGHT 0.5 is not allowed by the demo check"
@@ -79,6 +83,67 @@ def test_checks_are_extensible():
             validate_mgd_config(cfg_with("MGD.LOSS_WEIGHT", "0.5"))
     finally:
         CHECKS.pop()
+
+
+def test_checks_are_registered_by_the_modules_owning_the_keys():
+    owners = {check.__module__ for check, _ in CHECKS}
+    assert {"mgd_det.modeling.weighting", "mgd_det.modeling.teacher", "mgd_det.data.datasets",
+            "mgd_det.data.unlabeled_cfg"} <= owners
+    # The builders raise through the same checks: the same text wherever a bad value is caught.
+    from mgd_det.modeling.weighting import pathway_specs_from_cfg
+
+    cfg = cfg_with("MGD.FACTORS", "[1e-7, 1e-7]")
+    with pytest.raises(ConfigError) as by_builder:
+        pathway_specs_from_cfg(cfg)
+    with pytest.raises(ConfigError) as by_validation:
+        validate_mgd_config(cfg)
+    assert str(by_builder.value) == str(by_validation.value) and by_builder.value.key == "MGD.FACTORS"
+
+
+def test_validate_once_trusts_only_the_same_values():
+    cfg = cfg_with()
+    assert validate_once(cfg)  # not validated yet: validates
+    assert not validate_once(cfg)  # validated with these values: trusted
+    cfg.MGD.LOSS_WEIGHT = -1.0  # changed after validation: validated again
+    with pytest.raises(ConfigError, match=r"MGD\.LOSS_WEIGHT"):
+        validate_once(cfg)
+    assert validate_once(cfg_with())  # another config object with the same values: validated
+
+
+def test_trainer_validates_only_a_config_not_validated_yet(tiny_cfg, tmp_path):
+    """tools/train_net.py validates (and registers the data) before logging starts; the
+    trainer it builds trusts that, while direct MGDTrainer(cfg) users are still validated."""
+    from mgd_det.engine import MGDTrainer
+
+    calls = []
+
+    @register_config_check(mgd_only=False)
+    def count(cfg):
+        calls.append(cfg)
+        return ()
+
+    try:
+        direct = tiny_cfg("retinanet_R18_FPN.yaml", tmp_path / "direct")
+        MGDTrainer(direct)
+        assert len(calls) == 1
+        launched = tiny_cfg("retinanet_R18_FPN.yaml", tmp_path / "launched")
+        validate_mgd_config(launched)  # what tools/train_net.py's setup does
+        MGDTrainer(launched)
+        assert len(calls) == 2 and calls[1] is launched
+    finally:
+        CHECKS.remove((count, False))
+
+
+def test_core_errors_name_the_config_key(tiny_cfg, tmp_path):
+    """The core describes a wider student by its argument; the Detectron2 side names the key."""
+    from detectron2.modeling import build_model
+
+    cfg = tiny_cfg("mgd_retinanet_R50_R18_AMP.yaml", tmp_path, "MODEL.RESNETS.DEPTH", "50",
+                   "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
+                   "MGD.TEACHER.CONFIG_FILE", os.path.join(MINI, "retinanet_R18_FPN.yaml"))
+    with pytest.raises(ConfigError, match=r"MGD\.ALLOW_CHANNEL_SHARING True") as info:
+        build_model(cfg)
+    assert info.value.key == "MGD.ALLOW_CHANNEL_SHARING" and "allow_sharing" not in str(info.value)
 
 
 @pytest.mark.parametrize("opts,pattern", [

@@ -1,17 +1,16 @@
 """The Detectron2-free core imports and works in a process where Detectron2 cannot be imported."""
 import os
 import re
-import subprocess
-import sys
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+import pytest
+
+from _runner import REPO, run_code
+
 BLOCK_DETECTRON2 = "import sys; sys.modules['detectron2'] = None  # any import of it now fails\n"
 
 
-def _run(code: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_DETECTRON2 + code], cwd=REPO, capture_output=True, text=True, timeout=300,
-    )
+def _run(code: str):
+    return run_code(BLOCK_DETECTRON2 + code, timeout=300)
 
 
 def test_blocking_is_effective():
@@ -23,7 +22,7 @@ def test_core_imports_without_detectron2():
     result = _run(
         "import mgd_det, mgd_det.matching\n"
         "assert not any(m == 'detectron2' or m.startswith('detectron2.') for m in sys.modules if sys.modules[m])\n"
-        "print(mgd_det.matching.PATHWAY_FAMILIES)\n"
+        "print(mgd_det.matching.family_names())\n"
     )
     assert result.returncode == 0, result.stderr
     assert "AMP" in result.stdout
@@ -36,6 +35,7 @@ def readme_example() -> str:
     return match.group(1)
 
 
+@pytest.mark.slow
 def test_readme_torchvision_example_distils_without_detectron2():
     result = _run("import torch; torch.set_num_threads(1)\n" + readme_example())
     assert result.returncode == 0, result.stderr

@@ -2,6 +2,7 @@
 each rank meta-steps on its own batches, and every rank ends with the same logits."""
 import os
 
+import pytest
 import torch
 from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
@@ -43,6 +44,7 @@ def _worker(cfg):
     )
 
 
+@pytest.mark.slow
 def test_logits_identical_on_every_rank(tmp_path, tiny_cfg):
     cfg = tiny_cfg("mgd_retinanet_R50_R18_distpro.yaml", tmp_path, *OPTS)
     launch_processes(_worker, WORLD, dist_url="auto", args=(cfg,), device=cfg.MODEL.DEVICE)

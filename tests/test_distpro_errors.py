@@ -70,6 +70,7 @@ def finished_runs(tmp_path_factory, tiny_cfg):
     return out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("saved, now", [("learned", "constant"), ("constant", "learned")])
 def test_resume_under_another_weighting_is_one_clear_error(finished_runs, tmp_path, tiny_cfg, saved, now):
     run_dir = tmp_path / "run"

@@ -11,7 +11,7 @@ from detectron2.utils.events import EventStorage
 
 from mgd_det.engine import MGDTrainer
 from mgd_det.engine.batch_observer import BatchObserver
-from mgd_det.engine.checkpoint import module_ema_state, rng_state
+from mgd_det.engine.snapshots import module_ema_state, rng_state
 from mgd_det.engine.distpro import TRAJECTORY_FILE, DistProHook, ReplayHook
 from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting, Trajectory, save_trajectory
 from test_resume import LOSS_RTOL, WEIGHT_ATOL, WEIGHT_RTOL, model_state, run
@@ -20,6 +20,8 @@ CONFIG = "mgd_retinanet_R50_R18_distpro.yaml"
 # R18 teacher (fast); 16 tiny training images, 4 of them held out.
 OPTS = ["MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml", "MGD.DISTPRO.HELDOUT_FRACTION", "0.25",
         "MGD.DISTPRO.LR", "0.1"]
+# Resumed vs uninterrupted DistPro runs: see test_learned_state_resumes_exactly.
+DISTPRO_RTOL = 1e-3
 NAMES = ["amp_res2", "amp_res3", "amp_res4", "amp_res5", "sm_res4", "sm_res5"]
 # CPU always; CUDA where present (no device is hard-coded on the DistPro side).
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
@@ -48,6 +50,7 @@ def distpro_hook(trainer):
     return next(h for h in trainer._hooks if isinstance(h, DistProHook))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("device", DEVICES)
 def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg, device):
     cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "3", "MGD.DISTPRO.PERIOD", "2", "MODEL.DEVICE", device)
@@ -58,11 +61,25 @@ def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg, device):
     hook = distpro_hook(trainer)
     assert isinstance(weighting, LearnedWeighting) and list(weighting.names) == NAMES
 
-    # Meta-steps at iterations 0 and 2 (PERIOD 2); the logits moved, every one of them.
+    # Meta-steps at iterations 0 and 2 (PERIOD 2), each one in metrics.json with its weights
+    # and hypergradients (the writers used to keep only the latest: iteration 0 never).
     assert hook.num_meta_steps == 2 and hook.record.iterations == [0, 2]
-    assert (weighting.logits != 0).all()
-    start = weighting.reference * len(NAMES) / (len(NAMES) + 1)
-    assert not torch.allclose(weighting.weight_vector(), start, rtol=1e-3)
+    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    logged = {r["iteration"]: r for r in records if "distpro/weight_amp_res2" in r}
+    assert sorted(logged) == [0, 2]
+    for it, row in zip((0, 2), hook.record.weights):
+        assert [logged[it][f"distpro/weight_{n}"] for n in NAMES] == pytest.approx(row, rel=1e-6)
+        assert {f"distpro/hypergradient_{n}" for n in NAMES} | {"distpro/skipped_steps"} <= set(logged[it])
+    # Adam's first step from logits 0 moves logit i by -LR g_i / (|g_i| + 1e-8): the first
+    # recorded weights are those of the logits the logged hypergradient g of iteration 0 gives
+    # (a wrong sign, or an update by another g, fails here; that g is right: test_distpro_robust).
+    g = torch.tensor([logged[0][f"distpro/hypergradient_{n}"] for n in NAMES], dtype=torch.float64)
+    assert (g != 0).all() and logged[0]["distpro/skipped_steps"] == 0
+    expected = LearnedWeighting(NAMES, dict(zip(NAMES, weighting.reference.tolist()))).double()
+    with torch.no_grad():
+        expected.logits.copy_(-0.1 * g / (g.abs() + 1e-8))  # MGD.DISTPRO.LR 0.1 (OPTS)
+    torch.testing.assert_close(torch.tensor(hook.record.weights[0], dtype=torch.float64),
+                               expected.weight_vector().detach(), rtol=1e-5, atol=0)
     assert weighting.logits.device.type == device
     assert hook.meta.optimizer.state[weighting.logits]["exp_avg"].device.type == device
 
@@ -73,7 +90,7 @@ def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg, device):
     assert len(in_optimizer) == sum(1 for p in model.parameters() if p.requires_grad)
 
     # Held-out images never reach the training stream.
-    heldout_ids = {d["image_id"] for d in trainer.data_loader.heldout_dicts}
+    heldout_ids = {d["image_id"] for d in trainer.train_data.heldout_dicts}
     seen = {i for batch in ids.ids for i in batch}
     assert len(heldout_ids) == 4 and len(ids.ids) == 3 and not heldout_ids & seen
 
@@ -81,11 +98,14 @@ def test_learned_weights_train_through_the_trainer(tmp_path, tiny_cfg, device):
     trajectory = json.loads((tmp_path / TRAJECTORY_FILE).read_text())
     assert trajectory["names"] == NAMES and trajectory["iterations"] == [0, 2]
     assert trajectory["weights"][-1] == pytest.approx(weighting.weight_vector().tolist(), rel=1e-6)
-    records = [json.loads(line) for line in (tmp_path / "metrics.json").read_text().splitlines()]
+    # What a replay needs to transfer it: the reference weights, schedule and PERIOD.
+    assert trajectory["reference"] == pytest.approx(weighting.reference.tolist(), rel=1e-7)
+    assert trajectory["source_iters"] == 3 and trajectory["period"] == 2
     logged = {k for r in records for k in r if k.startswith("distpro/")}
     assert {f"distpro/weight_{n}" for n in NAMES} | {"distpro/hypergradient_norm", "distpro/heldout_loss"} <= logged
 
 
+@pytest.mark.slow
 def test_meta_step_runs_before_the_forward_on_the_same_batch(tmp_path, tiny_cfg):
     """The callback sees the batch the step then trains on, at the step's own iteration."""
     cfg = tiny_cfg(CONFIG, tmp_path, *OPTS, "SOLVER.MAX_ITER", "2", "MGD.DISTPRO.PERIOD", "1")
@@ -107,10 +127,16 @@ def test_meta_step_runs_before_the_forward_on_the_same_batch(tmp_path, tiny_cfg)
     assert seen == list(enumerate(ids.ids))
 
 
+@pytest.mark.slow
 def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
     """N + N iterations (interrupted, resumed) equal 2N, meta-steps on both sides of the cut."""
     n = 2
-    common = [*OPTS, "SOLVER.MAX_ITER", str(2 * n), "SOLVER.CHECKPOINT_PERIOD", str(n), "MGD.DISTPRO.PERIOD", "1"]
+    # FD_RADIUS 0.01: a float32 finite difference at the default 1e-4 divides rounding noise by
+    # 1e-4, and CPU conv/GEMM rounding varies with the machine's load (two identical runs differ
+    # by ~4e-4 in the pathway losses after one meta-step under load): not a resume effect. The
+    # remaining load-dependent noise (~1.5e-4 at 0.01) sets this test's tolerance, 1e-3.
+    common = [*OPTS, "SOLVER.MAX_ITER", str(2 * n), "SOLVER.CHECKPOINT_PERIOD", str(n), "MGD.DISTPRO.PERIOD", "1",
+              "MGD.DISTPRO.FD_RADIUS", "0.01"]
     full_trainer, full_losses = run(tiny_cfg(CONFIG, tmp_path / "full", *common))
     cut_cfg = tiny_cfg(CONFIG, tmp_path / "cut", *common)
     run(cut_cfg, interrupt_after=n - 1)
@@ -122,32 +148,38 @@ def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
     assert resumed_trainer.start_iter == n
 
     for it, losses in second_losses.items():
-        assert losses == pytest.approx(full_losses[it], rel=LOSS_RTOL), f"iteration {it}"
+        assert losses == pytest.approx(full_losses[it], rel=DISTPRO_RTOL), f"iteration {it}"
     full_hook, resumed_hook = distpro_hook(full_trainer), distpro_hook(resumed_trainer)
     assert resumed_hook.num_meta_steps == full_hook.num_meta_steps == 2 * n
     assert resumed_hook.record.iterations == full_hook.record.iterations == list(range(2 * n))
     torch.testing.assert_close(torch.tensor(resumed_hook.record.weights), torch.tensor(full_hook.record.weights),
-                               rtol=WEIGHT_RTOL, atol=0)
+                               rtol=DISTPRO_RTOL, atol=0)
     full_adam, resumed_adam = full_hook.meta.optimizer.state_dict(), resumed_hook.meta.optimizer.state_dict()
-    for key in ("exp_avg", "exp_avg_sq", "step"):
-        torch.testing.assert_close(resumed_adam["state"][0][key], full_adam["state"][0][key], rtol=WEIGHT_RTOL, atol=0)
+    assert resumed_adam["state"][0]["step"] == full_adam["state"][0]["step"]
+    for key in ("exp_avg", "exp_avg_sq"):  # hypergradient moments: the FD noise above, ~1 % of their scale
+        full = full_adam["state"][0][key]
+        torch.testing.assert_close(resumed_adam["state"][0][key], full, rtol=0, atol=0.05 * float(full.abs().max()))
     full_state = model_state(tmp_path / "full" / "model_final.pth")
     resumed_state = model_state(tmp_path / "cut" / "model_final.pth")
     assert full_state.keys() == resumed_state.keys()
+    # within 1 % of one meta-step's move of a logit (Adam at MGD.DISTPRO.LR 0.1): the FD noise above
     torch.testing.assert_close(resumed_state["distiller.weighting.logits"], full_state["distiller.weighting.logits"],
-                               rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL)
+                               rtol=0, atol=1e-3)
     for key, value in full_state.items():
-        if value.is_floating_point():
-            torch.testing.assert_close(resumed_state[key], value, rtol=WEIGHT_RTOL, atol=WEIGHT_ATOL, msg=key)
+        if value.is_floating_point() and key != "distiller.weighting.logits":
+            torch.testing.assert_close(resumed_state[key], value, rtol=DISTPRO_RTOL, atol=1e-5, msg=key)
 
 
+@pytest.mark.slow
 def test_replay_follows_the_stretched_trajectory(tmp_path, tiny_cfg):
     """A 4-iteration replay of an 8-iteration trajectory reads it at 2k at iteration k."""
     weights = [[1e-7 * (i + 1) for i in range(len(NAMES))], [3e-7 * (i + 1) for i in range(len(NAMES))]]
     path = tmp_path / "trajectory.json"
-    save_trajectory(Trajectory(tuple(NAMES), (0, 8), tuple(map(tuple, weights))), path)
+    reference = (2e-7, 2e-7, 2e-6, 2e-6, 2e-6, 2e-6)  # the config's factors: replayed as recorded
+    save_trajectory(Trajectory(tuple(NAMES), (0, 8), tuple(map(tuple, weights)), reference=reference,
+                               source_iters=8, period=2), path)
     cfg = tiny_cfg(CONFIG, tmp_path / "run", *OPTS, "MGD.WEIGHTING", "replay", "MGD.DISTPRO.TRAJECTORY", str(path),
-                   "MGD.DISTPRO.REPLAY_SOURCE_ITERS", "8", "SOLVER.MAX_ITER", "4", "MGD.DISTPRO.PERIOD", "2")
+                   "SOLVER.MAX_ITER", "4", "MGD.DISTPRO.PERIOD", "2")
     used = {}
 
     class Record(HookBase):  # registered after the ReplayHook: sees the step's weights
@@ -165,11 +197,12 @@ def test_replay_follows_the_stretched_trajectory(tmp_path, tiny_cfg):
         torch.testing.assert_close(torch.tensor(used[it]), expected.float(), rtol=1e-6, atol=0)
     # No held-out split and no batch observer in replay mode.
     assert not isinstance(trainer.data_loader, BatchObserver)
-    assert trainer.data_loader.heldout_dicts == []
+    assert trainer.train_data.heldout_dicts == []
     records = [json.loads(line) for line in (tmp_path / "run" / "metrics.json").read_text().splitlines()]
     assert any("distpro/weight_amp_res2" in r for r in records)
 
 
+@pytest.mark.slow
 def test_meta_step_leaves_the_student_and_the_training_stream_as_they_were(tmp_path, tiny_cfg):
     """Only the logits change: parameters, BN statistics, RetinaNet's loss-normaliser EMA,
     the global RNGs and the run's event storage are as before (the held-out batch included)."""

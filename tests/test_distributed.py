@@ -1,8 +1,6 @@
 """Two CPU processes (gloo) through ``launch_processes``: shared assignment solve, DDP
 training steps, and resuming rank 0's checkpoint on one process."""
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -11,6 +9,7 @@ from detectron2.utils import comm
 from detectron2.utils.env import seed_all_rng
 from torch.nn.parallel import DistributedDataParallel
 
+from _runner import run_tool
 from _tiny import REPO
 from mgd_det.engine import MGDTrainer
 from mgd_det.engine.assignment_hook import TrackingBatches
@@ -74,6 +73,7 @@ def two_process_run(tmp_path_factory, tiny_cfg):
     return cfg, out
 
 
+@pytest.mark.slow
 def test_ranks_share_the_solve_of_the_union_of_their_batches(two_process_run):
     cfg, out = two_process_run
     ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
@@ -101,6 +101,7 @@ def test_ranks_share_the_solve_of_the_union_of_their_batches(two_process_run):
         assert torch.equal(assignment, model.distiller.assignment(name)), name
 
 
+@pytest.mark.slow
 def test_rank0_checkpoint_resumes_on_one_process(two_process_run, tiny_cfg):
     cfg, out = two_process_run
     final = torch.load(out / "final_rank0.pt", weights_only=True)
@@ -117,19 +118,18 @@ def test_rank0_checkpoint_resumes_on_one_process(two_process_run, tiny_cfg):
         assert torch.equal(trainer.unwrapped_model.distiller.assignment(name), assignment)
 
 
+@pytest.mark.slow
 def test_train_net_runs_two_cpu_processes(tmp_path, tiny_teacher_weights):
     """`tools/train_net.py --num-gpus 2` with MODEL.DEVICE cpu: two gloo processes, with or
     without CUDA on the machine."""
-    cmd = [
-        sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--num-gpus", "2",
+    proc = run_tool(
+        "train_net", "--num-gpus", "2",
         "--config-file", os.path.join(REPO, "configs", "mini_digits", "mgd_retinanet_R50_R18_AMP.yaml"),
         *OPTS, "SOLVER.MAX_ITER", "2",
         "MGD.TEACHER.WEIGHTS", tiny_teacher_weights("retinanet_R18_FPN.yaml"),
         "DATASETS.TRAIN", "('mini_digits_tiny_train',)", "DATASETS.TEST", "()",
         "INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64",
         "DATALOADER.NUM_WORKERS", "0", "OUTPUT_DIR", str(tmp_path), "MODEL.DEVICE", "cpu",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert (tmp_path / "model_final.pth").is_file()

@@ -15,7 +15,9 @@ from detectron2.modeling import build_model
 from detectron2.utils.env import seed_all_rng
 
 from mgd_det.engine import MGDTrainer
-from mgd_det.engine.checkpoint import MGDCheckpointer, ResumeMismatchError, SETTINGS_KEY
+from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.checkpoint_errors import ResumeMismatchError
+from mgd_det.engine.resume_settings import SETTINGS_KEY
 from mgd_det.errors import CheckpointError, UserFileNotFoundError
 from mgd_det.modeling.teacher import IncompatibleWeightsError, build_teacher_cfg, teacher_training_command
 

@@ -8,24 +8,17 @@ traceback; a multi-process launch prints the line once.
 import io
 import logging
 import os
-import subprocess
 import sys
 
 import pytest
 
-from _tiny import REPO, TINY_OPTS, config_path
+from _runner import TOOLS, run_tool
+from _tiny import TINY_OPTS, config_path
 from mgd_det.engine import cli
-from mgd_det.engine.tool_loader import load_tool
+from _tools import load_tool
 from mgd_det.errors import ConfigError, DataError
 
-TRAIN_NET = os.path.join(REPO, "tools", "train_net.py")
-
-
-def run_train_net(*args, env_root, timeout=600):
-    env = dict(os.environ, MGD_DATASETS=str(env_root), PYTHONWARNINGS="ignore")
-    env.pop("MGD_TRACEBACK", None)
-    return subprocess.run([sys.executable, TRAIN_NET, *map(str, args)], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+TRAIN_NET = os.path.join(TOOLS, "train_net.py")
 
 
 def error_lines(stderr):
@@ -122,19 +115,21 @@ def test_our_train_net_is_importable_by_path():
 
 
 # ------------------------------------------------------------------- command line
+@pytest.mark.slow
 def test_config_error_is_one_line_before_any_output(tiny_datasets, tmp_path):
-    proc = run_train_net("--config-file", config_path("mgd_retinanet_R50_R18_AMP.yaml"),
-                         "MGD.NORM_GROUPS", "0", "OUTPUT_DIR", tmp_path / "out", env_root=tiny_datasets)
+    proc = run_tool("train_net", "--config-file", config_path("mgd_retinanet_R50_R18_AMP.yaml"),
+                    "MGD.NORM_GROUPS", "0", "OUTPUT_DIR", tmp_path / "out", datasets=tiny_datasets)
     line = assert_one_line(proc)
     assert "MGD.NORM_GROUPS" in line and "got 0" in line
     assert not (tmp_path / "out").exists()  # nothing written for a config that cannot run
 
 
+@pytest.mark.slow
 def test_missing_teacher_one_line_and_log_holds_traceback_and_config(tiny_datasets, tmp_path):
     out = tmp_path / "out"
-    proc = run_train_net("--config-file", config_path("mgd_retinanet_R50_R18_AMP.yaml"), *TINY_OPTS,
-                         "MGD.TEACHER.WEIGHTS", tmp_path / "no_teacher" / "model_final.pth",
-                         "OUTPUT_DIR", out, env_root=tiny_datasets)
+    proc = run_tool("train_net", "--config-file", config_path("mgd_retinanet_R50_R18_AMP.yaml"), *TINY_OPTS,
+                    "MGD.TEACHER.WEIGHTS", tmp_path / "no_teacher" / "model_final.pth",
+                    "OUTPUT_DIR", out, datasets=tiny_datasets)
     line = assert_one_line(proc)
     assert "Teacher weights not found" in line and "python tools/train_net.py --config-file" in line
     assert f"OUTPUT_DIR {tmp_path / 'no_teacher'}" in line
@@ -143,24 +138,26 @@ def test_missing_teacher_one_line_and_log_holds_traceback_and_config(tiny_datase
     assert "Traceback (most recent call last)" in log and "Running with full config" in log
 
 
+@pytest.mark.slow
 def test_eval_only_without_weights_is_refused(tiny_datasets, tmp_path):
-    proc = run_train_net("--config-file", config_path("retinanet_R18_FPN.yaml"), "--eval-only", *TINY_OPTS,
-                         "OUTPUT_DIR", tmp_path / "out", env_root=tiny_datasets)
+    proc = run_tool("train_net", "--config-file", config_path("retinanet_R18_FPN.yaml"), "--eval-only", *TINY_OPTS,
+                    "OUTPUT_DIR", tmp_path / "out", datasets=tiny_datasets)
     line = assert_one_line(proc)
     assert "--eval-only" in line and "MODEL.WEIGHTS" in line
 
 
+@pytest.mark.slow
 def test_multi_process_error_is_printed_once(tiny_datasets, tmp_path):
     """Two gloo processes both fail in setup (the data set is unknown): one line, from the parent."""
-    proc = run_train_net("--config-file", config_path("retinanet_R18_FPN.yaml"), "--num-gpus", "2",
-                         *TINY_OPTS, "DATASETS.TRAIN", "('no_such_set',)", "OUTPUT_DIR", tmp_path / "out",
-                         env_root=tiny_datasets)
+    proc = run_tool("train_net", "--config-file", config_path("retinanet_R18_FPN.yaml"), "--num-gpus", "2",
+                    *TINY_OPTS, "DATASETS.TRAIN", "('no_such_set',)", "OUTPUT_DIR", tmp_path / "out",
+                    datasets=tiny_datasets)
     line = assert_one_line(proc)
     assert "no_such_set" in line and "not registered" in line
 
 
+@pytest.mark.slow
 def test_traceback_on_request(tiny_datasets, tmp_path):
-    env = dict(os.environ, MGD_DATASETS=str(tiny_datasets), MGD_TRACEBACK="1", PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, TRAIN_NET, "--config-file", config_path("retinanet_R18_FPN.yaml"),
-                           "MGD.NOT_A_KEY", "1"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    proc = run_tool("train_net", "--config-file", config_path("retinanet_R18_FPN.yaml"), "MGD.NOT_A_KEY", "1",
+                    datasets=tiny_datasets, env={"MGD_TRACEBACK": "1"}, timeout=300)
     assert proc.returncode != 0 and "Traceback" in proc.stderr and len(error_lines(proc.stderr)) == 1

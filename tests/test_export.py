@@ -2,8 +2,6 @@
 import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +10,8 @@ from detectron2.data import MetadataCatalog
 from detectron2.data.detection_utils import read_image
 from detectron2.utils.env import seed_all_rng
 
-from _tiny import REPO, config_path
+from _runner import run_code, run_tool
+from _tiny import config_path
 from mgd_det.engine import MGDTrainer
 
 STUDENT_CONFIG = config_path("retinanet_R18_FPN.yaml")
@@ -71,15 +70,12 @@ def _detections(folder):
     return sorted((d["image_id"], d["category_id"], d["score"], *d["bbox"]) for d in dets)
 
 
-def run_export(*args):
-    cmd = [sys.executable, os.path.join(REPO, "tools", "export_student.py"), *map(str, args)]
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
-
-
+@pytest.mark.slow
 def test_export_loads_in_plain_detectron2_with_same_predictions_and_ap(mgd_run, tmp_path):
     cfg, trainer = mgd_run
     exported = tmp_path / "student.pth"
-    proc = run_export(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), exported, "--config-file", STUDENT_CONFIG)
+    proc = run_tool("export_student", os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), exported,
+                    "--config-file", STUDENT_CONFIG)
     assert proc.returncode == 0, proc.stderr
     state = torch.load(exported, weights_only=True)["model"]
     assert state and not any(k.startswith(("student.", "distiller.", "teacher")) for k in state)
@@ -88,11 +84,8 @@ def test_export_loads_in_plain_detectron2_with_same_predictions_and_ap(mgd_run, 
     image_file = sorted(os.listdir(meta.image_root))[0]
     image_file = os.path.join(meta.image_root, image_file)
     preds_file = tmp_path / "plain_preds.pt"
-    proc = subprocess.run(
-        [sys.executable, "-c", PLAIN_DETECTRON2, STUDENT_CONFIG, str(exported), image_file,
-         meta.json_file, meta.image_root, str(tmp_path / "plain_eval"), str(preds_file)],
-        cwd=str(tmp_path), capture_output=True, text=True, timeout=600,
-    )
+    proc = run_code(PLAIN_DETECTRON2, STUDENT_CONFIG, exported, image_file, meta.json_file, meta.image_root,
+                    tmp_path / "plain_eval", preds_file, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(next(l for l in proc.stdout.splitlines() if l.startswith("REPORT "))[7:])
     assert report["missing"] == [] and report["unexpected"] == []
@@ -129,16 +122,18 @@ def test_export_loads_in_plain_detectron2_with_same_predictions_and_ap(mgd_run, 
         assert (math.isnan(a) and math.isnan(b)) or a == pytest.approx(b, abs=1e-6), key
 
 
+@pytest.mark.slow
 def test_export_refuses_a_plain_checkpoint(tmp_path, tiny_teacher_weights):
-    proc = run_export(tiny_teacher_weights("retinanet_R18_FPN.yaml"), tmp_path / "x.pth")
+    proc = run_tool("export_student", tiny_teacher_weights("retinanet_R18_FPN.yaml"), tmp_path / "x.pth")
     assert proc.returncode != 0 and "not an MGD checkpoint" in proc.stderr
     assert not (tmp_path / "x.pth").exists()
 
 
+@pytest.mark.slow
 def test_export_of_a_truncated_file_names_it(tmp_path, mgd_run):
     cfg, _ = mgd_run
     broken = tmp_path / "broken.pth"
     data = open(os.path.join(cfg.OUTPUT_DIR, "model_final.pth"), "rb").read()
     broken.write_bytes(data[: len(data) // 3])
-    proc = run_export(broken, tmp_path / "x.pth")
+    proc = run_tool("export_student", broken, tmp_path / "x.pth")
     assert proc.returncode != 0 and str(broken) in proc.stderr

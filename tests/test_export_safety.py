@@ -12,7 +12,7 @@ import torch
 
 from _tiny import config_path
 from mgd_det.engine.cli import run_cli
-from mgd_det.engine.tool_loader import load_tool
+from _tools import load_tool
 
 export = load_tool("export_student")
 PLAIN = config_path("retinanet_R18_FPN.yaml")
@@ -91,4 +91,13 @@ def test_plain_or_missing_input_is_one_line(tmp_path, tiny_teacher_weights, caps
     assert run(tmp_path / "nope.pth", tmp_path / "x.pth") == 1
     assert "nope.pth not found" in capsys.readouterr().err
     assert run(tmp_path / "nope.pth", tmp_path / "x.pth", "MODEL.X", "1") == 1
+    assert os.listdir(tmp_path) == []
+
+
+def test_export_into_a_missing_folder_names_the_folder(mgd_checkpoint, tmp_path, capsys):
+    target = tmp_path / "no_such_dir" / "student.pth"
+    assert run(mgd_checkpoint, target) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ERROR: output folder") and str(tmp_path / "no_such_dir") in err
+    assert ".tmp-" not in err and len(err.splitlines()) == 1
     assert os.listdir(tmp_path) == []

@@ -36,6 +36,7 @@ class PredictBeforeFirstStep(HookBase):
         model.train()
 
 
+@pytest.mark.slow
 def test_wrapped_student_predicts_like_the_pretrained_detector(tmp_path, tiny_cfg, tiny_teacher_weights):
     pretrained = tiny_teacher_weights("retinanet_R18_FPN.yaml", seed=7)  # stands in for a trained R18
     cfg = tiny_cfg(FINETUNE, tmp_path, *FAST_TEACHER, "MODEL.WEIGHTS", pretrained, "SOLVER.MAX_ITER", "1")
@@ -74,6 +75,7 @@ def test_pretrained_checkpoint_of_another_architecture_is_refused(tmp_path, tiny
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_mgd_checkpoint_with_another_teacher_as_weights_recomputes_assignments(
     tmp_path, tiny_cfg, tiny_teacher_weights
 ):

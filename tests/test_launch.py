@@ -31,6 +31,7 @@ def cuda_reported(monkeypatch):
     return report
 
 
+@pytest.mark.slow
 def test_cpu_processes_use_gloo_even_when_cuda_is_reported(tmp_path, cuda_reported, monkeypatch):
     cuda_reported(1)  # one GPU, two processes: Detectron2's launch would assert, then pick NCCL
 

@@ -4,12 +4,11 @@ of a saved trajectory (interpolation, clamping, stretching); the weight plot too
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
+from _runner import run_tool
 from mgd_det.matching.distpro import (
     LearnedWeighting,
     ReplayWeighting,
@@ -18,7 +17,6 @@ from mgd_det.matching.distpro import (
     save_trajectory,
 )
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REFERENCE = {"c2": 2.0, "c3": 0.5, "kd": 1e-3}
 NAMES = tuple(REFERENCE)
 
@@ -203,10 +201,51 @@ def test_replay_errors():
         ReplayWeighting(("a", "b"), SOURCE, 30, -1)
 
 
+# Recorded by a learned run: its reference weights (factor x LOSS_WEIGHT), schedule and PERIOD.
+RECORDED = Trajectory(("a", "b"), (0, 10, 30), ((1.0, 4.0), (3.0, 2.0), (0.0, 8.0)),
+                      reference=(2.0, 4.0), source_iters=30, period=10)
+
+
+def test_trajectory_metadata_round_trips_and_is_checked(tmp_path):
+    save_trajectory(RECORDED, tmp_path / "t.json")
+    data = json.loads((tmp_path / "t.json").read_text())
+    assert data["reference"] == [2.0, 4.0] and data["source_iters"] == 30 and data["period"] == 10
+    assert load_trajectory(tmp_path / "t.json") == RECORDED
+    assert "reference" not in SOURCE.to_dict() and SOURCE.source_iters is None  # an older file
+    with pytest.raises(ValueError, match="reference needs 2 finite values > 0"):
+        Trajectory(("a", "b"), (0,), ((1.0, 1.0),), reference=(1.0, 0.0))
+    with pytest.raises(ValueError, match="source_iters must be a positive integer"):
+        Trajectory(("a", "b"), (0,), ((1.0, 1.0),), source_iters=0)
+
+
+def test_replay_is_relative_to_the_reference_weights():
+    """Replayed weight = this run's reference x recorded / recorded reference: the same
+    reference replays the recorded weights, a doubled factor doubles its pathway's weights,
+    a zero reference (MGD.LOSS_WEIGHT 0) switches distillation off."""
+    same = ReplayWeighting(("a", "b"), RECORDED, 30, reference={"a": 2.0, "b": 4.0})
+    changed = ReplayWeighting(("b", "a"), RECORDED, 30, reference={"a": 4.0, "b": 1.0})
+    off = ReplayWeighting(("a", "b"), RECORDED, 30, reference={"a": 0.0, "b": 0.0})
+    assert replay_at(same, 10) == [3.0, 2.0] and replay_at(same, 20) == pytest.approx([1.5, 5.0])
+    assert replay_at(changed, 10) == [0.5, 6.0] and replay_at(changed, 30) == [2.0, 0.0]
+    assert replay_at(off, 10) == [0.0, 0.0]
+    with pytest.raises(ValueError, match="records no reference weights"):
+        ReplayWeighting(("a", "b"), SOURCE, 30, 30, reference={"a": 1.0, "b": 1.0})
+    with pytest.raises(ValueError, match="finite and >= 0"):
+        ReplayWeighting(("a", "b"), RECORDED, 30, reference={"a": -1.0, "b": 1.0})
+
+
+def test_replay_stretches_from_the_recorded_schedule():
+    """No source_iters given: the trajectory's own (30), so a 60-iteration run reads 2k at k;
+    an older file without it needs source_iters."""
+    stretched = ReplayWeighting(("a", "b"), RECORDED, stretch_to_iters=60)
+    assert replay_at(stretched, 20) == [3.0, 2.0] and replay_at(stretched, 10) == pytest.approx([2.0, 3.0])
+    with pytest.raises(ValueError, match="records no source schedule"):
+        ReplayWeighting(("a", "b"), SOURCE, stretch_to_iters=60)
+
+
 # -- plot tool ------------------------------------------------------------------------------
 def run_plot(*args):
-    tool = os.path.join(REPO, "tools", "plot_weights.py")
-    result = subprocess.run([sys.executable, tool, *map(str, args)], capture_output=True, text=True)
+    result = run_tool("plot_weights", *args)
     assert result.returncode == 0, result.stderr
     return result
 
@@ -216,6 +255,7 @@ def is_png(path):
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_plot_tool_reads_a_trajectory_and_a_metrics_file(tmp_path):
     save_trajectory(SOURCE, tmp_path / "t.json")
     run_plot(tmp_path / "t.json", "--out", tmp_path / "t.png")

@@ -3,6 +3,7 @@ distillation gradient on each rank equals the single-process gradient on the uni
 batches."""
 import os
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -72,6 +73,7 @@ def _worker(rank, world, init_file, out_dir):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distillation_gradient_is_the_same_on_2_processes_as_on_their_union(tmp_path):
     mp.spawn(_worker, args=(2, str(tmp_path / "init"), str(tmp_path)), nprocs=2)
     images, teacher = union_batch()

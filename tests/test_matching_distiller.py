@@ -291,6 +291,7 @@ def _distributed_worker(rank, world, init_file, out_dir):
         torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_distributed_all_reduce_and_broadcast(tmp_path):
     world = 2
     mp.spawn(_distributed_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world)

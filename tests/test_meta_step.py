@@ -9,6 +9,7 @@ was off by 3%), which would test the kinks, not the method.
 """
 
 import copy
+import math
 import os
 
 import pytest
@@ -17,7 +18,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 
-from mgd_det.matching.distpro import LearnedWeighting, MetaWeightStep
+from mgd_det.matching.distpro import GradientClipping, LearnedWeighting, MetaWeightStep
 
 NAMES = ("res1", "res2")
 REFERENCE = {"res1": 1.0, "res2": 0.5}
@@ -85,9 +86,24 @@ class Task:
         return MetaWeightStep(self.model, self.compute_losses, weighting, **kwargs)
 
 
-def heldout_after_virtual_step(task, weighting, logits, train, heldout, lrs):
-    """Reference: L_val(w - xi * grad_w L_train(w, logits)) on copies (the real model and
-    weighting are not touched). ``lrs``: xi per trainable parameter."""
+def torch_clip(grads, clipping):
+    """The gradients as Detectron2's optimizer clips them (torch's own clip_grad_*_, per
+    parameter): the reference for the virtual step's clipping."""
+    out = []
+    for g in grads:
+        p = torch.nn.Parameter(torch.zeros_like(g))
+        p.grad = g.clone()
+        if clipping.kind == "value":
+            torch.nn.utils.clip_grad_value_(p, clipping.value)
+        else:
+            torch.nn.utils.clip_grad_norm_(p, clipping.value, clipping.norm_type)
+        out.append(p.grad)
+    return out
+
+
+def heldout_after_virtual_step(task, weighting, logits, train, heldout, lrs, clipping=None):
+    """Reference: L_val(w - xi * clip(grad_w L_train(w, logits))) on copies (the real model
+    and weighting are not touched). ``lrs``: xi per trainable parameter."""
     model, weighting = copy.deepcopy(task.model), copy.deepcopy(weighting)
     with torch.no_grad():
         weighting.logits.copy_(logits)
@@ -95,6 +111,8 @@ def heldout_after_virtual_step(task, weighting, logits, train, heldout, lrs):
     t, d = task.losses(model, train)
     loss = sum(t.values()) + sum(weighting(d).values())
     grads = torch.autograd.grad(loss, params)
+    if clipping is not None:
+        grads = torch_clip(grads, clipping)
     with torch.no_grad():
         for p, g, lr in zip(params, grads, lrs):
             p.copy_(p - lr * g)
@@ -102,15 +120,15 @@ def heldout_after_virtual_step(task, weighting, logits, train, heldout, lrs):
     return float(sum(t.values()).detach())
 
 
-def central_difference(task, weighting, train, heldout, lrs, h=1e-5):
+def central_difference(task, weighting, train, heldout, lrs, h=1e-5, clipping=None):
     """d L_val(w'(logits)) / d logits_i by (f(a + h e_i) - f(a - h e_i)) / 2h."""
     base = weighting.logits.detach().clone()
     out = []
     for i in range(len(base)):
         step = torch.zeros_like(base)
         step[i] = h
-        plus = heldout_after_virtual_step(task, weighting, base + step, train, heldout, lrs)
-        minus = heldout_after_virtual_step(task, weighting, base - step, train, heldout, lrs)
+        plus = heldout_after_virtual_step(task, weighting, base + step, train, heldout, lrs, clipping)
+        minus = heldout_after_virtual_step(task, weighting, base - step, train, heldout, lrs, clipping)
         out.append((plus - minus) / (2 * h))
     return torch.tensor(out, dtype=torch.float64)
 
@@ -179,6 +197,97 @@ def test_virtual_lr_per_parameter_from_the_student_optimizer():
     torch.testing.assert_close(
         hypergradient(meta.step(train, heldout)), expected, rtol=1e-4, atol=0
     )
+
+
+# Thresholds that clip part of this student's training gradient at these seeds (checked in
+# the test: some gradients are clipped, some not), so that the clipped virtual step differs.
+CLIPPINGS = [GradientClipping("norm", 0.3), GradientClipping("norm", 0.05, float("inf")),
+             GradientClipping("value", 0.02)]
+
+
+@pytest.mark.parametrize("mode, rtol", [("finite_difference", 1e-4), ("exact", EXACT_RTOL)])
+@pytest.mark.parametrize("clipping", CLIPPINGS, ids=lambda c: f"{c.kind}{c.value:g}p{c.norm_type:g}")
+def test_virtual_step_clips_like_the_optimizer(clipping, mode, rtol):
+    """With the optimizer's clipping (Detectron2's SOLVER.CLIP_GRADIENTS: per parameter, by
+    norm or value), the hypergradient is that of L_val(w - xi clip(grad)): checked against a
+    central difference of that function with torch's own clip_grad_*_."""
+    task = Task(0)
+    weighting = task.weighting()
+    train, heldout = task.batch(10), task.batch(20)
+    lrs = [VIRTUAL_LR] * len(list(task.model.parameters()))
+    t, d = task.losses(task.model, train)
+    grads = torch.autograd.grad(sum(t.values()) + sum(weighting(d).values()), list(task.model.parameters()))
+    clipped = [not torch.equal(a, b) for a, b in zip(torch_clip(grads, clipping), grads)]
+    assert any(clipped) and not all(clipped)  # the threshold bites, but not everywhere
+    expected = central_difference(task, weighting, train, heldout, lrs, clipping=clipping)
+    unclipped = central_difference(task, weighting, train, heldout, lrs)
+    assert (expected - unclipped).abs().max() > 0.05 * expected.abs().max()  # clipping matters
+    stats = task.meta_step(weighting, clipping=clipping, mode=mode, fd_radius=1e-3).step(train, heldout)
+    torch.testing.assert_close(hypergradient(stats), expected, rtol=rtol, atol=0)
+
+
+def test_nonfinite_heldout_loss_skips_the_meta_step(caplog):
+    """A NaN held-out loss leaves the logits and Adam's state as they were (instead of NaN for
+    good), says so, and the next finite step continues as if the bad one never happened."""
+    task = Task(0)
+    poisoned = {"on": False}
+
+    def heldout_losses(batch):
+        task_losses, _ = task.compute_losses(batch)
+        return {k: v * math.nan if poisoned["on"] else v for k, v in task_losses.items()}
+
+    def meta_step():
+        return task.meta_step(task.weighting(logits=(0.0, 0.0)), compute_heldout_losses=heldout_losses)
+
+    meta, clean = meta_step(), meta_step()
+    for m in (meta, clean):
+        m.step(task.batch(10), task.batch(11))
+    logits, adam = meta.weighting.logits.detach().clone(), copy.deepcopy(meta.optimizer.state_dict())
+    poisoned["on"] = True
+    with caplog.at_level("WARNING"):
+        stats = meta.step(task.batch(12), task.batch(13))
+    poisoned["on"] = False
+    assert stats.skipped and math.isnan(stats.heldout_after)
+    assert torch.equal(meta.weighting.logits.detach(), logits)
+    state = meta.optimizer.state_dict()["state"][0]
+    for key, value in adam["state"][0].items():
+        assert torch.equal(torch.as_tensor(state[key]), torch.as_tensor(value)), key
+    assert "Meta-step skipped" in caplog.text
+    for m in (meta, clean):
+        last = m.step(task.batch(14), task.batch(15))
+    assert not last.skipped and torch.isfinite(meta.weighting.logits).all()
+    assert torch.equal(meta.weighting.logits, clean.weighting.logits)
+
+
+class EmaStudent(TinyStudent):
+    """A TinyStudent with a RetinaNet-style loss normaliser: a plain attribute that the first
+    training forward creates (from 100) and every later one updates (an EMA)."""
+
+    def forward(self, x):
+        f1, f2, logits = super().forward(x)
+        if self.training:
+            self.loss_normalizer = 0.9 * getattr(self, "loss_normalizer", 100.0) + 0.1 * float(x.shape[0])
+        return f1, f2, logits * (100.0 / self.loss_normalizer)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_module_attributes_are_the_same_in_every_forward_and_restored(existing):
+    """Every forward of a meta-step sees the attribute as it was before the step (absent, or
+    its value), and afterwards it is as before: deleted if the meta-step created it."""
+    task = Task(0)
+    task.model = EmaStudent().double()
+    if existing:
+        task.model.loss_normalizer = 42.0
+    seen = []
+
+    def losses(batch):
+        seen.append(getattr(task.model, "loss_normalizer", None))
+        return task.compute_losses(batch)
+
+    MetaWeightStep(task.model, losses, task.weighting(), virtual_lr=VIRTUAL_LR).step(task.batch(10), task.batch(20))
+    before = 42.0 if existing else None
+    assert seen == [before] * 5
+    assert getattr(task.model, "loss_normalizer", None) == before
 
 
 def test_zero_student_lr_leaves_the_logits_alone():
@@ -360,6 +469,7 @@ def _distributed_worker(rank, init_file, out_dir):
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_logits_identical_across_two_gloo_processes(tmp_path):
     mp.spawn(_distributed_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD)
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]

@@ -47,6 +47,7 @@ class AssignmentRecorder(HookBase):
             self.pending_costs[hook.pending.tracked_at] = {k: v.clone() for k, v in hook.pending.costs.items()}
 
 
+@pytest.mark.slow
 def test_overlapped_solve_installs_at_the_stated_iteration(tmp_path, tiny_cfg):
     cfg = tiny_cfg(CONFIG, tmp_path, *OPTS)
     from mgd_det.engine import MGDTrainer
@@ -70,6 +71,7 @@ def test_overlapped_solve_installs_at_the_stated_iteration(tmp_path, tiny_cfg):
     assert torch.equal(hook.model.distiller.assignment("res3"), final)
 
 
+@pytest.mark.slow
 def test_resume_between_tracking_and_installation_is_exact(tmp_path, tiny_cfg):
     full_cfg = tiny_cfg(CONFIG, tmp_path / "full", *OPTS)
     _, full_losses = run(full_cfg)

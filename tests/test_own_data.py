@@ -12,15 +12,14 @@ import logging
 import math
 import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from detectron2.data import DatasetCatalog, DatasetMapper, MetadataCatalog
 from detectron2.structures import Instances
 
-from _tiny import REPO, TINY_OPTS, config_path
+from _runner import run_tool
+from _tiny import TINY_OPTS, config_path
 from mgd_det.config import setup_cfg
 from mgd_det.data import coco_json, register_config_datasets
 from mgd_det.data.annotation_checks import CLIPPED
@@ -153,16 +152,14 @@ def test_evaluation_tasks_follow_the_config_and_empty_predictions_give_zero_rows
     assert results["segm"]["AP"] == 0.0 and results["bbox"]["AP50"] == 0.0
 
 
+@pytest.mark.slow
 def test_train_on_own_data_from_the_command_line(own_data, tmp_path):
     """No Python: sets named on the command line, trained and evaluated by train_net."""
     out = tmp_path / "out"
     sets = (f"own_train:{own_data['good']}:{own_data['images']}", f"own_val:{own_data['good']}:{own_data['images']}")
     opts = list(TINY_OPTS) + ["DATASETS.COCO_SETS", repr(sets), "DATASETS.TRAIN", "('own_train',)",
                               "DATASETS.TEST", "('own_val',)", "SOLVER.MAX_ITER", "1", "OUTPUT_DIR", str(out)]
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "train_net.py"), "--config-file",
-                           config_path("retinanet_R18_FPN.yaml"), *opts], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=900)
+    proc = run_tool("train_net", "--config-file", config_path("retinanet_R18_FPN.yaml"), *opts, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     log = (out / "log.txt").read_text()
     assert "Registered data set 'own_train'" in log and "Data set 'own_train'" in log

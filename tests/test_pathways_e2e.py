@@ -25,6 +25,7 @@ def fixed_batch(cfg, n=2):
     return [mapper(d) for d in DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[:n]]
 
 
+@pytest.mark.slow
 def test_explicit_pathways_build_share_matching_and_train(cfg_of, tmp_path):
     cfg = cfg_of("MGD.PATHWAYS", EXPLICIT, "SOLVER.MAX_ITER", "2")
     trainer, _ = train(cfg)
@@ -65,6 +66,7 @@ def _kd_and_loss_weight(cfg_of):
     assert float(got["loss_cls"]) == pytest.approx(float(losses["loss_cls"]), rel=1e-5)
 
 
+@pytest.mark.slow
 def test_config_value_wins_over_checkpoint(cfg_of, tmp_path):
     """A checkpoint trained with LOSS_WEIGHT 0, loaded under a config saying 1.0, trains with 1.0."""
     cfg0 = cfg_of("MGD.LOSS_WEIGHT", "0.0", "SOLVER.MAX_ITER", "1", out=tmp_path / "zero")
@@ -123,7 +125,7 @@ def _mixed_batch(cfg_of):
 @pytest.mark.parametrize(
     "opts,match",
     [
-        (("MGD.PATHWAYS", '["AMP:res9"]'), r"position\(s\) \['res9'\] do not exist"),
+        (("MGD.PATHWAYS", '["AMP:res9"]'), r"MGD\.PATHWAYS entry 'AMP:res9': unknown position 'res9'"),
         (("MGD.PATHWAYS", '["KD:1.0"]', "MGD.KD.ENABLED", "True"), "add 'KD:<factor>' to MGD.PATHWAYS"),
         (("MGD.PATHWAYS", '["WHAT:res3"]'), "unknown pathway family 'WHAT'"),
     ],

@@ -8,7 +8,7 @@ from detectron2.engine import HookBase
 from detectron2.utils.env import seed_all_rng
 
 from mgd_det.engine import MGDTrainer
-from mgd_det.engine.checkpoint import CheckpointLoadError, TeacherChangedError
+from mgd_det.engine.checkpoint_errors import CheckpointLoadError, TeacherChangedError
 from mgd_det.modeling.teacher import IncompatibleWeightsError
 
 N = 2  # iterations before the interruption; the full run has 2N
@@ -64,9 +64,11 @@ def model_state(path):
 
 # Update the assignment every N iterations: the update right before the interruption must
 # be in the checkpoint, and the resumed run must not redo it.
-COMMON = ["SOLVER.MAX_ITER", str(2 * N), "SOLVER.CHECKPOINT_PERIOD", str(N), "MGD.UPDATE.PERIOD", str(N)]
+COMMON = ["SOLVER.MAX_ITER", str(2 * N), "SOLVER.CHECKPOINT_PERIOD", str(N), "MGD.UPDATE.PERIOD", str(N),
+          "MGD.UPDATE.APPLY_DELAY", "1"]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config_name,opts",
     [
@@ -138,6 +140,7 @@ def assert_unchanged(trainer, before):
     assert all(torch.equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow
 def test_resume_with_another_teacher_is_a_clear_error(short_run, tmp_path, tiny_cfg, tiny_teacher_weights):
     out, opts = copy_run(short_run, tmp_path)
     other_teacher = tiny_teacher_weights("retinanet_R18_FPN.yaml", seed=1)
@@ -148,6 +151,7 @@ def test_resume_with_another_teacher_is_a_clear_error(short_run, tmp_path, tiny_
     assert other_teacher in str(info.value) and "model_final.pth" in str(info.value)
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_student_architecture_is_refused(short_run, tmp_path, tiny_cfg):
     out, opts = copy_run(short_run, tmp_path)
     cfg = tiny_cfg("mgd_retinanet_R50_R18_AMP.yaml", out, *opts, "MODEL.RESNETS.DEPTH", "34")
@@ -157,6 +161,7 @@ def test_checkpoint_of_another_student_architecture_is_refused(short_run, tmp_pa
     assert_unchanged(trainer, before)  # nothing partially loaded
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_is_a_clear_error(short_run, tmp_path, tiny_cfg):
     out, opts = copy_run(short_run, tmp_path)
     last = out / "model_final.pth"

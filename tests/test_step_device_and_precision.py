@@ -56,6 +56,7 @@ def test_sync_count_benchmark_runs(tiny_datasets):
     assert result["device"] == "cpu"
 
 
+@pytest.mark.slow
 def test_bfloat16_autocast_step_is_finite_and_close_to_float32(tiny_cfg, tmp_path):
     """What SOLVER.AMP.ENABLED does on a GPU (autocast around the forward), with bfloat16 on
     the CPU: teacher and student run in reduced precision, the pathways' losses in float32."""

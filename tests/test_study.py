@@ -23,6 +23,7 @@ def test_reads_last_evaluation_and_reuses_finished_runs(tmp_path):
     assert run_training("no_such_config.yaml", str(tmp_path / "run"), [])["AP"] == 40.0
 
 
+@pytest.mark.slow
 def test_failed_training_names_its_log(tmp_path):
     with pytest.raises(RuntimeError, match="run.log"):
         run_training(str(tmp_path / "missing.yaml"), str(tmp_path / "out"), [])
@@ -96,3 +97,26 @@ def test_side_by_side_runs_overlap_and_keep_their_order(monkeypatch):
 
 def test_student_groups_expand():
     assert expand_students(["labelfree", "AMP", "baseline"]) == ["baseline", "LF_train", "LF_pool", "LF_pool_uniform", "AMP"]
+
+
+@pytest.mark.slow
+def test_gpu_session_dryrun_records_the_study_in_out(tmp_path, tiny_datasets):
+    """benchmarks/gpu_session.sh with DRYRUN=1: the budgeted study on the tiny split, its
+    ledger entries in $OUT/study (what comes back from a GPU machine), its plan in study.log."""
+    import os
+    import subprocess
+    import sys
+
+    from benchmarks.ledger import read_ledger
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, DRYRUN="1", SYNC="0", SEEDS="0", STUDENTS="baseline", PYTHON=sys.executable,
+               OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), MGD_DATASETS=tiny_datasets,
+               OMP_NUM_THREADS="1")
+    result = subprocess.run(["bash", "benchmarks/gpu_session.sh", "500"], cwd=repo, env=env, capture_output=True,
+                            text=True, timeout=700)
+    assert "study exit code: 0" in result.stdout, result.stdout[-2000:] + result.stderr[-2000:]
+    new = [e for e in read_ledger(str(tmp_path / "out" / "study")) if e["mode"] == "smoke"]
+    assert [(e["name"], e["seed"], e["iterations"]) for e in new] == [("baseline", 0, 4)]
+    log = (tmp_path / "out" / "study.log").read_text()
+    assert "Study plan (budget" in log and "1 run(s) recorded" in log

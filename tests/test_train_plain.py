@@ -21,6 +21,7 @@ def _assert_coco_metrics(results, task):
         assert math.isfinite(metrics[key])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "config_name,tasks",
     [("retinanet_R18_FPN.yaml", ["bbox"]), ("mask_rcnn_R18_FPN.yaml", ["bbox", "segm"])],

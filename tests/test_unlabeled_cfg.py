@@ -26,6 +26,21 @@ def test_bad_values_are_one_line_errors(key, value, message):
         check_unlabeled_cfg(cfg)
 
 
+def test_bad_values_are_config_errors_listed_at_once():
+    """The same registered check validates a launch and guards the builders (issue 18)."""
+    from mgd_det.config_checks import CHECKS
+    from mgd_det.data.unlabeled_cfg import unlabeled_cfg_problems
+    from mgd_det.errors import ConfigError
+
+    cfg = get_mgd_cfg()
+    cfg.MGD.UNLABELED.SCORE_EPS = 0.0
+    cfg.MGD.UNLABELED.STATS_PERIOD = 0
+    with pytest.raises(ConfigError) as info:
+        check_unlabeled_cfg(cfg)
+    assert info.value.key == "MGD.UNLABELED.SCORE_EPS" and "MGD.UNLABELED.STATS_PERIOD is 0" in str(info.value)
+    assert (unlabeled_cfg_problems, False) in CHECKS  # runs for plain configs too (score_unlabeled.py)
+
+
 def test_sampler_from_cfg():
     cfg = get_mgd_cfg()
     cfg.SEED = 4

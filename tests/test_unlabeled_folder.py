@@ -12,12 +12,12 @@ from mgd_det.config import get_mgd_cfg
 from mgd_det.data.image_files import read_image
 from mgd_det.data.unlabeled import (
     get_dataset_dicts_with_unlabeled,
-    is_unlabeled_dict,
     load_image_folder,
     register_image_folder,
     register_unlabeled_from_cfg,
 )
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
+from mgd_det.ground_truth import is_unlabeled
 
 RNG = np.random.default_rng(0)
 
@@ -60,14 +60,67 @@ def test_listing_skips_and_counts_bad_files_in_one_warning(messy_folder, caplog)
     with caplog.at_level(logging.WARNING, logger="mgd_det.data.unlabeled"):
         dicts = load_image_folder(str(messy_folder), "messy")
     ids = [d["image_id"] for d in dicts]
-    # the truncated PNG passes the header check; the text file and the empty file do not
-    assert ids == sorted(ids) and len(ids) == 8
+    # the truncated PNG fails its checksum walk; the text file and the empty file the header
+    assert ids == sorted(ids) and len(ids) == 7
     assert not any("not_an_image" in i or "empty" in i or "notes" in i or i.startswith("._") for i in ids)
-    assert all(is_unlabeled_dict(d) and d["height"] in (24, 64) for d in dicts)
+    assert not any("truncated" in i for i in ids)
+    assert all(is_unlabeled(d) and d["height"] == 24 for d in dicts)
     warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1
-    assert "skipped 2 of 10" in warnings[0].getMessage()
+    assert "skipped 3 of 10" in warnings[0].getMessage()
     assert "not_an_image.jpg" in warnings[0].getMessage() and "empty file" in warnings[0].getMessage()
+    assert "truncated.png" in warnings[0].getMessage()
+
+
+def _save(image_or_array, path, **kwargs):
+    image = image_or_array if isinstance(image_or_array, Image.Image) else Image.fromarray(image_or_array)
+    image.save(path, **kwargs)
+
+
+def make_odd_folder(root):
+    """A crawled folder's odd cases: banners, a 1x1 pixel, truncated PNG/JPEG, a GIF,
+    a symlinked sub-folder, a link loop, a symlinked duplicate of a file, a broken link.
+    Returns (folder, names expected in the listing, names expected among the skipped)."""
+    (root / "real" / "inner").mkdir(parents=True)
+    _save(_rgb(32, 48), root / "real" / "ok.png")
+    _save(_rgb(90, 728), root / "real" / "wide_banner.jpg", quality=90)  # 8:1, usable
+    _save(_rgb(1, 4000), root / "real" / "banner_4000x1.png")
+    _save(_rgb(10, 4000), root / "real" / "banner_4000x10.png")
+    _save(_rgb(1, 1), root / "real" / "pixel.png")
+    _save(_rgb(40, 40), root / "real" / "inner" / "deep.webp")
+    frames = [Image.fromarray(_rgb(30, 30)).convert("P") for _ in range(3)]
+    frames[0].save(root / "real" / "anim.gif", save_all=True, append_images=frames[1:])
+    data = _png_bytes(Image.fromarray(_rgb(64, 64)))
+    (root / "real" / "cut.png").write_bytes(data[: len(data) // 2])
+    buffer = io.BytesIO()
+    Image.fromarray(_rgb(64, 64)).save(buffer, format="JPEG", quality=90)
+    (root / "real" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
+    outside = root.parent / (root.name + "_outside")
+    outside.mkdir()
+    _save(_rgb(24, 24), outside / "linked_in.png")
+    (root / "real" / "linked_dir").symlink_to(outside, target_is_directory=True)
+    (root / "real" / "loop").symlink_to(root / "real", target_is_directory=True)
+    (root / "real" / "dup_of_ok.png").symlink_to(root / "real" / "ok.png")
+    (root / "real" / "dangling.png").symlink_to(root / "real" / "nothing_here.png")
+    listed = ["anim.gif", "inner/deep.webp", "linked_dir/linked_in.png", "ok.png", "wide_banner.jpg"]
+    skipped = ["banner_4000x1.png", "banner_4000x10.png", "cut.jpg", "cut.png", "dangling.png", "pixel.png"]
+    return root / "real", listed, skipped
+
+
+def test_odd_images_and_links_are_listed_once_or_skipped_in_one_warning(tmp_path, caplog):
+    folder, listed, skipped = make_odd_folder(tmp_path / "odd")
+    with caplog.at_level(logging.INFO, logger="mgd_det.data.unlabeled"):
+        dicts = load_image_folder(str(folder), "odd")
+    assert [d["image_id"] for d in dicts] == listed
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, warnings
+    assert f"skipped {len(skipped)} of {len(skipped) + len(listed)}" in warnings[0]
+    for name in skipped[:5]:  # the first five are named, the rest counted
+        assert name in warnings[0], name
+    assert "1 more" in warnings[0] and "too small" in warnings[0] and "too elongated" in warnings[0]
+    assert not any("ignored" in r.getMessage() for r in caplog.records), "GIF is an image now"
+    gif = read_image(str(folder / "anim.gif"), "BGR")
+    assert gif.shape == (30, 30, 3)
 
 
 @pytest.mark.parametrize("fmt,channels", [("BGR", 3), ("RGB", 3), ("L", 1)])
@@ -117,7 +170,7 @@ def test_registration_from_cfg_and_filter_empty(messy_folder, tiny_datasets):
     assert register_unlabeled_from_cfg(cfg) == ["messy_pool", direct]
     assert register_unlabeled_from_cfg(cfg) == ["messy_pool", direct]  # idempotent
     assert MetadataCatalog.get("messy_pool").unlabeled
-    assert len(DatasetCatalog.get(direct)) == 6
+    assert len(DatasetCatalog.get(direct)) == 5  # the truncated PNG is skipped
     # Detectron2's own loader chokes on a labeled set followed by an unlabeled one ...
     from detectron2.data import get_detection_dataset_dicts
 
@@ -125,16 +178,19 @@ def test_registration_from_cfg_and_filter_empty(messy_folder, tiny_datasets):
         get_detection_dataset_dicts(list(cfg.DATASETS.TRAIN), filter_empty=True)
     # ... ours filters the labeled images only and keeps every unlabeled one.
     dicts = get_dataset_dicts_with_unlabeled(cfg.DATASETS.TRAIN, filter_empty=True)
-    labeled = [d for d in dicts if not is_unlabeled_dict(d)]
-    assert len(labeled) == 16 and len(dicts) == 16 + 8 + 6
-    assert all(is_unlabeled_dict(d) for d in dicts[16:])
+    labeled = [d for d in dicts if not is_unlabeled(d)]
+    assert len(labeled) == 16 and len(dicts) == 16 + 7 + 5
+    assert all(is_unlabeled(d) for d in dicts[16:])
     with pytest.raises(ValueError, match="not 'name:path'"):
         cfg.MGD.UNLABELED.FOLDERS = ("no_colon",)
         register_unlabeled_from_cfg(cfg)
 
 
 def test_mapper_substitutes_next_readable_image_and_counts(messy_folder, caplog):
+    data = _png_bytes(Image.fromarray(_rgb(64, 64)))
+    (messy_folder / "sub" / "truncated.png").write_bytes(data)  # fine when listed ...
     dicts = load_image_folder(str(messy_folder))
+    (messy_folder / "sub" / "truncated.png").write_bytes(data[: len(data) // 2])  # ... cut later
     cfg = get_mgd_cfg()
     cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN = (48,), 64
     cfg.INPUT.RANDOM_FLIP = "none"

@@ -59,3 +59,29 @@ def test_loader_batches_follow_the_sampler_and_resume_exactly(pool_dicts):
     assert ids[5] not in drawn and len(drawn) == 80
     assert mapper.failure_summary()["bad_files"] == 1 and mapper.failure_summary()["substituted"] >= 1
     assert all("instances" not in d for d in next(iter(loader)))
+
+
+def test_mixed_batches_keep_the_labeled_share_with_aspect_ratio_grouping(tmp_path, tiny_cfg):
+    """Landscape photos + the (square) labeled set, grouping on: 2 labeled of 8 in every batch."""
+    from PIL import Image
+
+    from mgd_det.engine.unlabeled_training import build_unlabeled_train_data, unlabeled_train_sets
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    gen = np.random.default_rng(0)
+    for i in range(16):
+        h, w = (32, 48) if i % 4 else (48, 32)  # 3 in 4 landscape
+        Image.fromarray(gen.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(folder / f"p{i:02d}.png")
+    cfg = tiny_cfg("mgd_retinanet_R50_R18_labelfree_pool.yaml", tmp_path / "out",
+                   "MGD.UNLABELED.FOLDERS", f"('photos:{folder}',)",
+                   "DATASETS.TRAIN", "('mini_digits_tiny_train', 'photos')", "MGD.UNLABELED.SAMPLING", "uniform",
+                   "SOLVER.IMS_PER_BATCH", "8", "MGD.UNLABELED.LABELED_SHARE", "0.25",
+                   "DATALOADER.ASPECT_RATIO_GROUPING", "True")
+    assert unlabeled_train_sets(cfg) == ["photos"]  # registers the folder
+    data = build_unlabeled_train_data(cfg, None)
+    batches = list(itertools.islice(iter(data.loader), 8))
+    assert [sum("instances" in d for d in batch) for batch in batches] == [2] * 8
+    assert all(len(batch) == 8 for batch in batches)
+    same_orientation = [len({d["width"] > d["height"] for d in batch}) == 1 for batch in batches]
+    assert sum(same_orientation) >= 1, "grouping still groups where it can"

@@ -169,3 +169,26 @@ def test_set_scores_behind_the_live_iterator_warns(caplog):
     assert "already yielded up to 10" in caplog.text
     with pytest.raises(ValueError, match="Expected 20 scores"):
         sampler.set_scores(SCORES[:3], start=20)
+
+
+def test_uniform_draws_are_epochs_without_replacement_across_ranks():
+    """Like Detectron2's TrainingSampler: 2 ranks x 50 draws over 100 images see every image
+    once; unreadable (NaN) images are left out of each epoch; resume continues the epoch."""
+    scores = np.ones(100)
+    ranks = [_draw(PreferentialSampler(scores, uniform_share=1.0, seed=4, rank=r, world_size=2), 50) for r in range(2)]
+    assert len(set(np.concatenate(ranks).tolist())) == 100
+    scores[[7, 70]] = np.nan
+    sampler = PreferentialSampler(scores, temperature=math.inf, uniform_share=0.0, seed=4)
+    draws = _draw(sampler, 3 * 98)
+    for epoch in draws.reshape(3, 98):
+        assert sorted(epoch.tolist()) == [i for i in range(100) if i not in (7, 70)]
+    assert not np.array_equal(draws[:98], draws[98:196]), "each epoch is a new permutation"
+    resumed = PreferentialSampler(scores, temperature=math.inf, seed=0)
+    resumed.load_state_dict(sampler.state_dict(num_consumed=150))
+    assert np.array_equal(_draw(resumed, 100), draws[150:250])
+
+
+def test_preferential_draws_keep_replacement():
+    """A weighted mode cannot be an epoch: the top image is drawn far more often than once."""
+    draws = _draw(PreferentialSampler(SCORES, temperature=0.25, uniform_share=0.0, seed=1), 40)
+    assert np.bincount(draws).max() > 5

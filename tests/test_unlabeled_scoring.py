@@ -49,8 +49,18 @@ def folder(tmp_path):
     Image.new("L", (16, 16), 200).save(root / "gray.jpg")
     big = root / "zz_truncated.png"
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(big)
-    big.write_bytes(big.read_bytes()[:200])
     return root
+
+
+def _listed(folder):
+    """The folder's dicts, its last image cut short after listing (the listing's integrity
+    check would skip it): scoring meets an unreadable file."""
+    dicts = load_image_folder(str(folder))
+    big = folder / "zz_truncated.png"
+    stat = big.stat()
+    big.write_bytes(big.read_bytes()[:200])
+    os.utime(big, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    return dicts
 
 
 def _mapper():
@@ -62,14 +72,16 @@ def _mapper():
 def test_detection_scores_mass_max_count():
     inst = Instances((8, 8))
     inst.scores = torch.tensor([0.9, 0.6, 0.5, 0.3, 0.05])
-    assert detection_scores({"instances": inst}, 0.5) == pytest.approx({"mass": 2.0, "max": 0.9, "count": 3})
+    got = detection_scores({"instances": inst}, 0.5)
+    assert got["top"] == pytest.approx([0.9, 0.6, 0.5, 0.3, 0.05])
+    assert {k: got[k] for k in ("mass", "max", "count")} == pytest.approx({"mass": 2.0, "max": 0.9, "count": 3})
     empty = Instances((8, 8))
     empty.scores = torch.zeros(0)
-    assert detection_scores({"instances": empty}, 0.5) == {"mass": 0.0, "max": 0.0, "count": 0}
+    assert detection_scores({"instances": empty}, 0.5) == {"mass": 0.0, "max": 0.0, "count": 0, "top": []}
 
 
 def test_scores_cached_reused_and_invalidated(folder, tmp_path, caplog):
-    dicts = load_image_folder(str(folder))
+    dicts = _listed(folder)
     model, mapper = StandIn(), _mapper()
     cache_file = str(tmp_path / "cache" / "scores.json")
     identity = teacher_identity(model, {"threshold": 0.3})
@@ -134,7 +146,7 @@ def test_real_detector_scores_a_folder(folder, tmp_path):
     cfg = setup_cfg(_tiny.config_path("retinanet_R18_FPN.yaml"), _tiny.TINY_OPTS)
     torch.manual_seed(0)
     model = build_model(cfg)
-    dicts = load_image_folder(str(folder))
+    dicts = _listed(folder)
     mapper = UnlabeledDatasetMapper(cfg, is_train=False)
     threshold = 0.001  # a fresh head predicts about its prior (0.01) everywhere
     identity = teacher_identity(model, scoring_settings(cfg, threshold))
@@ -150,8 +162,83 @@ def test_real_detector_scores_a_folder(folder, tmp_path):
 
 
 def test_parallel_decoding_gives_the_same_scores(folder):
-    dicts = load_image_folder(str(folder))
+    dicts = _listed(folder)
     serial = score_images(StandIn(), dicts, _mapper(), batch_size=3, threshold=0.3)
     parallel = score_images(StandIn(), dicts, _mapper(), batch_size=3, threshold=0.3, num_workers=2)
     np.testing.assert_array_equal(serial.scores, parallel.scores)
     np.testing.assert_array_equal(serial.readable, parallel.readable)
+
+
+def test_cache_identity_covers_what_caps_the_score():
+    cfg = setup_cfg(_tiny.config_path("retinanet_R18_FPN.yaml"), _tiny.TINY_OPTS)
+    before = scoring_settings(cfg, 0.5)
+    cfg.defrost()
+    cfg.TEST.DETECTIONS_PER_IMAGE = 3  # caps the number of detections, hence the mass
+    assert scoring_settings(cfg, 0.5) != before
+
+
+def _weak(folder):
+    """StandIn detections scaled under 0.5: a teacher that never reaches the fixed threshold."""
+    model = StandIn()
+    with torch.no_grad():
+        model.weight.fill_(0.4)
+    return model
+
+
+def test_relative_score_ranks_with_a_weak_teacher_where_mass_is_all_zero(folder, caplog):
+    dicts = _listed(folder)
+    mass = score_images(_weak(folder), dicts, _mapper(), threshold=0.5, score_kind="mass")
+    assert np.all(mass.scores[:6] == 0) and mass.uninformative is not None
+    relative = score_images(_weak(folder), dicts, _mapper(), threshold=0.5, score_kind="relative", quantile=0.5)
+    levels = 0.4 * np.array([0, 60, 120, 180, 240, 200]) / 255.0
+    cut = np.quantile(levels, 0.5)
+    assert relative.score_threshold == pytest.approx(cut, abs=1e-3)
+    expected = np.where(levels >= cut - 1e-6, levels, 0) + np.where(levels / 2 >= cut - 1e-6, levels / 2, 0)
+    assert np.allclose(relative.scores[:6], expected, atol=1e-3)
+    assert relative.uninformative is None
+    # the brightest images rank first, as the (weak) teacher's own scores say
+    assert np.argmax(relative.scores[:6]) == 4
+
+
+def test_uninformative_scores_are_named():
+    from mgd_det.data.scoring import uninformative_reason
+
+    assert "score above 0" in uninformative_reason(np.zeros(50))
+    assert "score above 0" in uninformative_reason(np.r_[np.zeros(300), 1.0])  # 1 of 301
+    assert "about equal" in uninformative_reason(np.full(20, 0.7))
+    assert "readable" in uninformative_reason(np.array([np.nan, 1.0]))
+    assert uninformative_reason(np.r_[np.zeros(18), 0.3, 1.2, np.nan]) is None
+
+
+def _shard_worker(folder, cache_file, out_dir):
+    """One of two processes scoring the folder (runs in a launched gloo process)."""
+    from detectron2.utils import comm
+
+    torch.set_num_threads(1)
+    rank = comm.get_rank()
+    dicts = load_image_folder(folder)
+    model = StandIn()
+    seen = []
+    model.register_forward_pre_hook(lambda module, args: seen.extend(x["file_name"] for x in args[0]))
+    result = score_images(model, dicts, _mapper(), batch_size=2, threshold=0.3,
+                          cache=ScoreCache(cache_file, "same-teacher"), shard=(rank, comm.get_world_size()),
+                          gather=comm.all_gather)
+    torch.save({"seen": seen, "scores": torch.from_numpy(result.scores), "computed": result.num_computed},
+               os.path.join(out_dir, f"rank{rank}.pt"))
+
+
+@pytest.mark.slow
+def test_scoring_is_sharded_over_processes_and_cached_once(folder, tmp_path):
+    from mgd_det.engine.launch import launch_processes
+
+    cache_file = str(tmp_path / "scores.json")
+    launch_processes(_shard_worker, 2, dist_url="auto", args=(str(folder), cache_file, str(tmp_path)), device="cpu")
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2)]
+    seen = [set(r["seen"]) for r in ranks]
+    assert seen[0] and seen[1] and not seen[0] & seen[1], "each process scores its own share"
+    assert len(seen[0] | seen[1]) == 7 and all(r["computed"] == 7 for r in ranks)
+    torch.testing.assert_close(ranks[0]["scores"], ranks[1]["scores"], equal_nan=True)
+    single = score_images(StandIn(), load_image_folder(str(folder)), _mapper(), threshold=0.3)
+    np.testing.assert_allclose(ranks[0]["scores"].numpy(), single.scores, atol=1e-6)
+    cached = ScoreCache(cache_file, "same-teacher")
+    assert len(cached.entries) == 7, "rank 0 wrote every process's values"

@@ -1,6 +1,8 @@
 """Training from unlabeled images through the real trainer: label-free, mixed, bad files,
 exact resume with the preferential sampler."""
 import builtins
+import json
+import logging
 import os
 
 import numpy as np
@@ -12,6 +14,7 @@ from mgd_det.engine.unlabeled_training import MixedBatchSampler
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.data.preferential_sampler import PreferentialSampler
 from test_resume import LOSS_RTOL, model_state, run
+from test_unlabeled_folder import make_odd_folder
 
 LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
 POOL = ["DATASETS.TRAIN", "('mini_digits_pool_tiny',)", "MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml"]
@@ -31,6 +34,7 @@ class OpenedFiles:
         monkeypatch.setattr(builtins, "open", recording_open)
 
 
+@pytest.mark.slow
 def test_label_free_training_never_opens_an_annotation_file(tmp_path, tiny_cfg, monkeypatch):
     cfg = tiny_cfg(LABEL_FREE, tmp_path, *POOL, "MGD.UNLABELED.STATS_PERIOD", "1")
     opened = OpenedFiles(monkeypatch)
@@ -48,12 +52,14 @@ def test_label_free_training_never_opens_an_annotation_file(tmp_path, tiny_cfg, 
     assert "unlabeled/expected_precision" in histories, "the bundled pool's relevance is measured"
 
 
+@pytest.mark.slow
 def test_mixed_batches_keep_detection_losses_and_filter_empty_does_not_break(tmp_path, tiny_cfg):
     cfg = tiny_cfg(LABEL_FREE, tmp_path, *POOL, "DATASETS.TRAIN", "('mini_digits_tiny_train', 'mini_digits_pool_tiny')",
                    "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "True", "MGD.UNLABELED.LABELED_SHARE", "0.5")
     trainer, losses = run(cfg)
-    assert isinstance(trainer.train_sampler, MixedBatchSampler)
-    assert trainer.train_sampler.num_labeled == 1 and trainer.train_sampler.batch_size == 2
+    sampler = trainer.train_data.sampler
+    assert isinstance(sampler, MixedBatchSampler) and trainer.train_data.pool_images_per_batch == 1
+    assert sampler.num_labeled == 1 and sampler.batch_size == 2
     for it, values in losses.items():
         assert values["loss_cls"] > 0 and np.isfinite(values["loss_box_reg"]), it
         assert "loss_kd" in values
@@ -87,6 +93,7 @@ def _folder_with_bad_files(root):
     return root
 
 
+@pytest.mark.slow
 def test_a_folder_with_bad_files_trains_and_counts_them(tmp_path, tiny_cfg, caplog):
     folder = _folder_with_bad_files(tmp_path / "photos")
     cfg = tiny_cfg(LABEL_FREE, tmp_path / "out", *POOL, "MGD.UNLABELED.FOLDERS", f"('photos:{folder}',)",
@@ -94,10 +101,40 @@ def test_a_folder_with_bad_files_trains_and_counts_them(tmp_path, tiny_cfg, capl
     with caplog.at_level("WARNING"):
         _, losses = run(cfg)
     assert len(losses) == 4
-    text = caplog.text
-    assert "2" in text and ("broken.png" in text or "notes.jpg" in text), text[-2000:]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    naming = [w for w in warnings if "broken.png" in w or "notes.jpg" in w]
+    assert len(naming) == 1, warnings  # one warning for the folder, not one per file or per pass
+    assert "skipped 2 of 8 image files" in naming[0], naming[0]
+    assert f"{folder / 'broken.png'} (" in naming[0] and f"{folder / 'notes.jpg'} (" in naming[0], naming[0]
+    assert "img" not in naming[0].split(": skipped", 1)[1], "no good image is named"
 
 
+@pytest.mark.slow
+def test_a_folder_of_odd_images_scores_trains_and_warns_once(tmp_path, tiny_cfg, caplog):
+    """A crawled folder (4000x1 banner, 1x1 pixel, symlinked sub-folder, symlinked file, GIF,
+    truncated PNG/JPEG, dangling link): teacher scoring and training finish, the odd files are
+    named in one warning, a file reached through a link is drawn under one name only."""
+    folder, listed, skipped = make_odd_folder(tmp_path / "crawl")
+    cfg = tiny_cfg(LABEL_FREE, tmp_path / "out", *POOL, "MGD.UNLABELED.FOLDERS", f"('crawl:{folder}',)",
+                   "DATASETS.TRAIN", "('crawl',)", "SOLVER.MAX_ITER", "3")
+    with caplog.at_level("WARNING"):
+        trainer, losses = run(cfg)
+    assert sorted(losses) == [0, 1, 2] and all(np.isfinite(v) for it in losses.values() for v in it.values())
+    assert [d["image_id"] for d in trainer.train_data.pool_dicts] == listed
+    scores = json.loads((tmp_path / "out" / "unlabeled_scores.json").read_text())
+    values = [e["values"] for e in scores["entries"].values()]
+    assert len(values) == len(listed) and all(v["readable"] for v in values), "the banner crashed scoring before"
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    naming = [w for w in warnings if any(name in w for name in skipped)]
+    assert len(naming) == 1, warnings
+    assert f"skipped {len(skipped)} of {len(skipped) + len(listed)} image files" in naming[0]
+    for name in skipped[:5]:  # the first five by name, the rest counted
+        assert name in naming[0], name
+    assert "and 1 more" in naming[0]
+    assert not any(name in w for w in warnings for name in ("ok.png", "dup_of_ok", "anim.gif", "linked_in"))
+
+
+@pytest.mark.slow
 def test_exact_resume_with_the_preferential_sampler(tmp_path, tiny_cfg):
     opts = [*POOL, "SOLVER.MAX_ITER", "4", "SOLVER.CHECKPOINT_PERIOD", "2", "MGD.UNLABELED.UNIFORM_SHARE", "0.5"]
     _, full = run(tiny_cfg(LABEL_FREE, tmp_path / "full", *opts))

@@ -1,11 +1,16 @@
-"""Offline install round trip: ``scripts/wheelhouse.sh`` downloads the project's wheels for this
-Python, ``scripts/setup.sh`` installs them into a fresh venv with ``pip --no-index`` and no
-network, and ``import mgd_det.matching, detectron2`` works there.
+"""Offline installs: ``scripts/wheelhouse.sh`` and ``MGD_WHEELHOUSE=DIR scripts/setup.sh``.
 
-torch is not in the wheelhouse (``--no-torch``, as for a machine that has torch): the fresh
-venv sees this environment's torch and torchvision, and their own dependencies (numpy among
-them), through a folder of symbolic links, so the test costs a download and an install of
-the rest only. setup.sh keeps that numpy, so the wheelhouse is built under a constraint to it.
+Offline, in the default suite: both scripts refuse bad arguments and an unusable wheelhouse
+with one ``ERROR`` line, before any download or venv.
+
+The round trip, opt-in (``MGD_TEST_NETWORK=1``: it downloads from the package registry, about
+two minutes): ``wheelhouse.sh`` downloads the project's wheels for this Python, ``setup.sh``
+installs them into a fresh venv with ``pip --no-index`` and no network, and ``import
+mgd_det.matching, detectron2`` works there. torch is not in the wheelhouse (``--no-torch``, as
+for a machine that has torch): the fresh venv sees this environment's torch and torchvision,
+and their own dependencies (numpy among them), through a folder of symbolic links, so the test
+costs a download and an install of the rest only. setup.sh keeps that numpy, so the wheelhouse
+is built under a constraint to it.
 """
 import importlib.metadata as md
 import os
@@ -50,6 +55,45 @@ def _link_torch(folder):
                 os.symlink(os.path.join(site, top), os.path.join(folder, top))
 
 
+def _script(name, *args, **env):
+    """``bash scripts/NAME ARGS...`` with network attempts failing at once."""
+    return subprocess.run(["bash", os.path.join(REPO, "scripts", name), *map(str, args)],
+                          env=_clean_env(**OFFLINE, **env), capture_output=True, text=True, timeout=120)
+
+
+def _one_error(proc, script):
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith(f"{script}: ERROR: ")]
+    assert len(errors) == 1, proc.stderr
+    return errors[0]
+
+
+@pytest.mark.parametrize("args, says", [
+    (["upload", "wheels"], "unknown command 'upload'"),
+    (["download"], "download needs a folder"),
+    (["download", "--no-torch"], "download needs a folder"),
+    (["download", "DIR", "--no-such-option"], "unknown option '--no-such-option'"),
+])
+def test_wheelhouse_script_refuses_bad_arguments_offline(tmp_path, args, says):
+    args = [str(tmp_path / "w") if a == "DIR" else a for a in args]
+    assert says in _one_error(_script("wheelhouse.sh", *args), "wheelhouse.sh")
+    assert not (tmp_path / "w").exists()  # nothing downloaded, no folder made
+
+
+def test_setup_refuses_an_unusable_wheelhouse_offline(tmp_path):
+    venv = tmp_path / "venv"
+    line = _one_error(_script("setup.sh", MGD_VENV=venv, MGD_WHEELHOUSE=tmp_path / "missing"), "setup.sh")
+    assert "is not a folder" in line and "wheelhouse.sh download" in line
+    (tmp_path / "empty").mkdir()
+    line = _one_error(_script("setup.sh", MGD_VENV=venv, MGD_WHEELHOUSE=tmp_path / "empty"), "setup.sh")
+    assert "no wheels in" in line and str(tmp_path / "empty") in line
+    (tmp_path / "empty" / "x-1.0-py3-none-any.whl").write_bytes(b"")
+    line = _one_error(_script("setup.sh", MGD_VENV=venv, MGD_WHEELHOUSE=tmp_path / "empty", MGD_DETECTRON2="source"),
+                      "setup.sh")
+    assert "MGD_DETECTRON2=source needs internet" in line
+    assert not venv.exists()  # refused before any venv
+
+
 def _registry_reachable(folder) -> bool:
     """A small download, no retries: fails in seconds on a machine without network."""
     probe = subprocess.run(
@@ -60,6 +104,9 @@ def _registry_reachable(folder) -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow
+@pytest.mark.skipif(os.environ.get("MGD_TEST_NETWORK") != "1",
+                    reason="downloads from the package registry: set MGD_TEST_NETWORK=1 to run it")
 def test_wheelhouse_installs_offline_into_a_fresh_venv(tmp_path):
     if not _registry_reachable(tmp_path / "probe"):
         pytest.skip("the package registry is unreachable: no wheelhouse can be downloaded")

@@ -1,16 +1,20 @@
 #!/usr/bin/env python
-"""Run ~60 bad inputs and faults through ``tools/train_net.py`` and ``tools/export_student.py``
-and tabulate what a user sees.
+"""Run ~90 bad inputs and faults through ``tools/train_net.py``, ``tools/export_student.py``,
+``tools/score_unlabeled.py`` and ``scripts/setup.sh`` and tabulate what a user sees.
 
     python tools/bad_input_survey.py --work /tmp/mgd_survey [--only 9,28] [--markdown out.md]
+    python tools/bad_input_survey.py --list                   # the numbered cases, nothing run
 
 Every case runs the real command line in a subprocess on the tiny mini digits splits
 (generated under ``<work>/datasets``, 64x64 images, 1-2 iterations). Columns: the one line
 the user sees (the ``ERROR:`` line, or the WARNING a fault that is handled produces), the
-exit code, whether a traceback reached the terminal, and whether anything was lost: a file
-that existed and was valid before the case (checkpoints, last_checkpoint, export inputs and
-outputs) and is missing or unreadable after it. Base runs are trained once per work folder
-(about 2 minutes on 2 cores); the whole survey takes 10-20 minutes.
+exit code (negative: ended by that signal; -2 is a Ctrl-C, status 130 in a shell), whether a
+traceback reached the terminal, and whether anything was lost: a file that existed and was
+valid before the case (checkpoints, last_checkpoint, export inputs and outputs) and is
+missing or unreadable after it. Cases that kill a run also count the processes it left
+behind. Base runs are trained once per work folder (about 2 minutes on 2 cores); the whole
+survey takes 15-25 minutes. The full-disk case mounts a small tmpfs (root only; skipped
+otherwise).
 """
 import argparse
 import dataclasses
@@ -54,6 +58,14 @@ class Case:
     kill_on_tmp: str = ""  # SIGKILL the process when a file matching this glob appears under the case
     then: Optional[Callable[["Survey"], List[str]]] = None  # a follow-up command (e.g. --resume)
     env: Callable[["Survey"], Dict[str, str]] = lambda s: {}  # extra environment of the first command
+    kill_signal: int = signal.SIGKILL  # sent when kill_on_tmp appears
+    kill_leader_only: bool = False  # signal the tool's process alone (not its group), then count leftovers
+    program: str = sys.executable  # what runs argv ("bash" for shell scripts)
+    teardown: Optional[Callable[["Survey"], None]] = None  # after the case, whatever happened
+
+
+class Skip(Exception):
+    """Raised by a case's setup when this machine cannot run it (the message says why)."""
 
 
 @dataclasses.dataclass
@@ -121,6 +133,9 @@ class Survey:
     def export(self, *args):
         return [os.path.join(REPO, "tools", "export_student.py"), *map(str, args)]
 
+    def score(self, *args):
+        return [os.path.join(REPO, "tools", "score_unlabeled.py"), *map(str, args)]
+
     def prepare(self):
         os.makedirs(self.p("base"), exist_ok=True)
         if not os.path.isfile(os.path.join(self.plain_run, "model_final.pth")):
@@ -184,19 +199,32 @@ class Survey:
         self.case_dir = self.p("cases", f"{index:02d}")
         shutil.rmtree(self.case_dir, ignore_errors=True)
         os.makedirs(self.case_dir)
+        start = time.time()
+        try:
+            return self._run_case(index, case, start)
+        except Skip as why:
+            return Result(index, case.title, f"(skipped: {why})", 0, False, "no", time.time() - start)
+        finally:
+            if case.teardown:
+                case.teardown(self)
+
+    def _run_case(self, index: int, case: Case, start: float) -> Result:
         if case.setup:
             case.setup(self)
         protected = case.protect(self)
         before = {f: (valid(f), sha(f) if os.path.isfile(f) else None) for f in protected}
-        start = time.time()
-        rc, out, err = self._execute(case, case.argv(self), dict(self.env, **case.env(self)))
-        lines = [l for l in err.splitlines() if l.startswith("ERROR: ")]
+        rc, out, err, left = self._execute(case, case.argv(self), dict(self.env, **case.env(self)))
+        lines = [l for l in err.splitlines() if l.startswith(ERROR_PREFIXES)]
         shown = lines[-1] if lines else ""
+        if left is not None:
+            shown = f"{shown or '(killed: no message)'}; left behind: {left} process(es)"
         if case.then is not None:
-            rc2, out2, err2 = self._execute(Case(case.title, case.then), case.then(self), self.env)
+            follow_case = Case(case.title, case.then, kill_leader_only=case.kill_leader_only)
+            rc2, out2, err2, left2 = self._execute(follow_case, case.then(self), self.env)
             follow = re.search(case.expect, out2 + err2) if case.expect else None
             shown = (f"{shown or '(killed: no message)'}; then --resume: exit {rc2}"
-                     + (f", WARNING '{follow.group(0)}'" if follow else ""))
+                     + (f", WARNING '{follow.group(0)}'" if follow else "")
+                     + (f", left behind: {left2} process(es)" if left2 is not None else ""))
             err += err2
         elif not shown and case.expect:
             match = re.search(case.expect, out + err)
@@ -206,26 +234,68 @@ class Survey:
                       ", ".join(os.path.relpath(f, self.case_dir) for f in lost) or "no", time.time() - start)
 
     def _execute(self, case: Case, argv, env):
-        command = [sys.executable, *argv]
+        """(exit code, stdout, stderr, processes of its group left behind or None when not counted)."""
+        command = [case.program, *argv]
         if case.shell_prefix:
             command = ["bash", "-c", case.shell_prefix + " exec " + " ".join(_shell_quote(a) for a in command)]
+        # SIGINT back to its default: a survey started in the background (&) passes it on ignored.
         proc = subprocess.Popen(command, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, start_new_session=True)
+                                text=True, start_new_session=True,
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         if case.kill_on_tmp:
             # Pipes are drained after the kill: the tiny runs print far less than a pipe holds.
             while proc.poll() is None:
                 if glob.glob(self.c("**", case.kill_on_tmp), recursive=True):
-                    os.killpg(proc.pid, signal.SIGKILL)
+                    if case.kill_leader_only:
+                        os.kill(proc.pid, case.kill_signal)
+                    else:
+                        os.killpg(proc.pid, case.kill_signal)
                     break
                 time.sleep(0.05)
         out, err = proc.communicate(timeout=900)
-        return proc.returncode, out, err
+        left = _leftovers(proc.pid) if case.kill_leader_only else None
+        return proc.returncode, out, err, left
 
 
 def _shell_quote(text):
     import shlex
 
     return shlex.quote(text)
+
+
+# Lines that carry a tool's message ("setup.sh: ERROR: ..." for the set-up script).
+ERROR_PREFIXES = ("ERROR: ", "setup.sh: ERROR: ")
+
+
+def _group_members(pgid: int) -> List[int]:
+    """Live (not zombie) processes of the process group ``pgid`` (Linux /proc)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            found.append(int(entry))
+    return found
+
+
+def _leftovers(pgid: int, wait_s: float = 20.0) -> int:
+    """How many processes of the group still run after ``wait_s`` (then they are killed:
+    the survey leaks nothing itself)."""
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline and _group_members(pgid):
+        time.sleep(0.2)
+    left = _group_members(pgid)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    return len(left)
 
 
 # ---------------------------------------------------------------------- the cases
@@ -282,7 +352,145 @@ def _slow_save_site(s):
         "    torch.save = slow\n"))
 
 
+def _slow_write_site(s):
+    """A sitecustomize making the second torch.save of the process stall *inside torch's
+    writer* (its file's write sleeps): a Ctrl-C there reaches Python through torch's C++ code,
+    which turns it into a RuntimeError ("unexpected pos") unless handled."""
+    _write(s.c("site", "sitecustomize.py"), (
+        "import os\n"
+        "if os.environ.get('MGD_SURVEY_SLOW_WRITE'):\n"
+        "    import time, torch\n"
+        "    real, calls = torch.save, []\n"
+        "    class SlowFile:\n"
+        "        def __init__(self, f):\n"
+        "            self.f, self.written = f, 0\n"
+        "        def write(self, data):\n"
+        "            if self.written > 4096:\n"
+        "                open(os.environ['MGD_SURVEY_SLOW_WRITE'], 'w').close()  # tells the survey: interrupt now\n"
+        "                time.sleep(600)\n"
+        "            self.written += len(data)\n"
+        "            return self.f.write(data)\n"
+        "        def __getattr__(self, name):\n"
+        "            return getattr(self.f, name)\n"
+        "    def slow(obj, f, *a, **k):\n"
+        "        calls.append(1)\n"
+        "        if len(calls) < 2 or isinstance(f, (str, os.PathLike)):\n"
+        "            return real(obj, f, *a, **k)\n"
+        "        return real(obj, SlowFile(f), *a, **k)\n"
+        "    torch.save = slow\n"))
+
+
+def _folder(s, name, files=()):
+    """An image-less folder under the case: ``files`` are (name, bytes)."""
+    os.makedirs(s.c(name), exist_ok=True)
+    for file_name, data in files:
+        with open(s.c(name, file_name), "wb") as f:
+            f.write(data)
+    return s.c(name)
+
+
+def _tiny_images(s):
+    """A folder of real images: the tiny training split's."""
+    return s.p("datasets", "mini_digits_tiny", "train")
+
+
+def _with_pool(s, entry, *opts):
+    """An MGD command training on the tiny split plus the unlabeled set ``entry``."""
+    return _mgd(s, "DATASETS.TRAIN", f"('mini_digits_tiny_train', '{entry}')", *opts)
+
+
+def _mount_tmpfs(s, size="64k"):
+    os.makedirs(s.c("disk"), exist_ok=True)
+    proc = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", s.c("disk")],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise Skip(f"mounting a tmpfs needs root ({' '.join(proc.stderr.split())[:80]})")
+
+
+def _unmount(s):
+    if os.path.ismount(s.c("disk")):
+        subprocess.run(["umount", "-l", s.c("disk")], capture_output=True)
+
+
+def _score_mgd(s, *opts, dataset="mini_digits_pool_tiny"):
+    """score_unlabeled.py with the MGD config (its R18 teacher scores) on ``dataset``."""
+    return s.score("--config-file", MGD, "--dataset", dataset, *R18_TEACHER, "MODEL.DEVICE", "cpu",
+                   "OUTPUT_DIR", s.c("out"), *opts)
+
+
+def issue22_cases() -> List[Case]:
+    """Issue 22: unlabeled folders and keys, score_unlabeled, the new checks, faults."""
+    C = Case
+    return [
+        # ------------------------------------------------------------ unlabeled folders and keys
+        C("unlabeled folder missing (MGD.UNLABELED.FOLDERS)",
+          lambda s: _mgd(s, "MGD.UNLABELED.FOLDERS", f"('pool:{s.c('nope')}',)",
+                         "DATASETS.TRAIN", "('mini_digits_tiny_train', 'pool')")),
+        C("unlabeled folder empty", lambda s: _with_pool(s, f"folder:{s.c('empty')}"), setup=lambda s: _folder(s, "empty")),
+        C("unlabeled folder of junk only (no image file)", lambda s: _with_pool(s, f"folder:{s.c('junk')}"),
+          setup=lambda s: _folder(s, "junk", [("notes.txt", b"hello"), ("scan.pdf", b"%PDF-1.4")])),
+        C("unlabeled folder of unreadable images only", lambda s: _with_pool(s, f"folder:{s.c('broken')}"),
+          setup=lambda s: _folder(s, "broken", [("a.png", b"not a png"), ("b.jpg", b"not a jpeg")])),
+        C("a regular file given as an unlabeled folder", lambda s: _with_pool(s, f"folder:{s.c('photo.png')}"),
+          setup=lambda s: _write(s.c("photo.png"), "x")),
+        C("MGD.UNLABELED.FOLDERS entry without a path ('pool',)",
+          lambda s: _mgd(s, "MGD.UNLABELED.FOLDERS", "('pool',)")),
+        C("'folder:' in DATASETS.TRAIN without its folder", lambda s: _with_pool(s, "folder:")),
+        C("unlabeled folder named like a labeled set (mini_digits_tiny_val)",
+          lambda s: _mgd(s, "MGD.UNLABELED.FOLDERS", f"('mini_digits_tiny_val:{_tiny_images(s)}',)")),
+        C("MGD.UNLABELED.TEMPERATURE 0", lambda s: _mgd(s, "MGD.UNLABELED.TEMPERATURE", "0.0")),
+        C("MGD.UNLABELED.SAMPLING typo (preferental)", lambda s: _mgd(s, "MGD.UNLABELED.SAMPLING", "preferental")),
+        C("MGD.UNLABELED.LABELED_SHARE 1.5", lambda s: _mgd(s, "MGD.UNLABELED.LABELED_SHARE", "1.5")),
+        C("an unlabeled folder in DATASETS.TEST", lambda s: _mgd(s, "DATASETS.TEST", f"('folder:{_tiny_images(s)}',)")),
+        # ------------------------------------------------------------ score_unlabeled.py
+        C("score_unlabeled.py: teacher weights file missing",
+          lambda s: _score_mgd(s, "MGD.TEACHER.WEIGHTS", s.c("nope.pth"))),
+        C("score_unlabeled.py: plain config with an empty MODEL.WEIGHTS",
+          lambda s: s.score("--config-file", PLAIN, "--dataset", "mini_digits_pool_tiny", "MODEL.DEVICE", "cpu",
+                            "OUTPUT_DIR", s.c("out"), "MODEL.WEIGHTS", "")),
+        C("score_unlabeled.py: --dataset folder: of a regular file",
+          lambda s: _score_mgd(s, "MGD.TEACHER.WEIGHTS", s.teacher, dataset=f"folder:{s.c('photo.png')}"),
+          setup=lambda s: _write(s.c("photo.png"), "x")),
+        # ------------------------------------------------------------ config
+        C("MGD.POSITIONS [] (MGD.FACTORS [])", lambda s: _mgd(s, "MGD.POSITIONS", "[]", "MGD.FACTORS", "[]")),
+        C("teacher/student INPUT.FORMAT mismatch (teacher L, student BGR)",
+          lambda s: _mgd(s, "MGD.TEACHER.OVERRIDES", "['INPUT.FORMAT', 'L']")),
+        C("SOLVER.MAX_ITER 0", lambda s: _plain(s, "SOLVER.MAX_ITER", "0")),
+        C("OUTPUT_DIR under a regular file", lambda s: _plain(s, run=s.c("file", "out")),
+          setup=lambda s: _write(s.c("file"), "x")),
+        C("MGD.UPDATE.APPLY_DELAY 5 with MGD.UPDATE.PERIOD 2",
+          lambda s: _mgd(s, "MGD.UPDATE.APPLY_DELAY", "5", "MGD.UPDATE.PERIOD", "2", "SOLVER.MAX_ITER", "8")),
+        C("MGD.FACTORS with a NaN", lambda s: _mgd(s, "MGD.FACTORS", "[2e-8, 2e-8, nan, 2e-7]")),
+        # ------------------------------------------------------------ faults
+        C("disk fills up while the run writes logs and metrics (64 KiB tmpfs)",
+          lambda s: _plain(s, run=s.c("disk", "run")), setup=_mount_tmpfs, teardown=_unmount),
+        C("training diverges: the loss becomes NaN (SOLVER.BASE_LR 1e8)",
+          lambda s: _mgd(s, "SOLVER.BASE_LR", "1e8", "SOLVER.MAX_ITER", "6")),
+        C("kill -9 of the trainer while the background solver runs (processes left behind)",
+          lambda s: _mgd(s, "SOLVER.MAX_ITER", "12", "MGD.UPDATE.PERIOD", "2", "MGD.UPDATE.APPLY_DELAY", "1",
+                         run=s.c("run")),
+          kill_on_tmp="model_0000001.pth", kill_leader_only=True,
+          then=lambda s: _mgd(s, "SOLVER.MAX_ITER", "12", "MGD.UPDATE.PERIOD", "2", "MGD.UPDATE.APPLY_DELAY", "1",
+                              run=s.c("run"), flags=["--resume"])),
+        C("Ctrl-C (SIGINT) while a checkpoint is being written",
+          lambda s: _plain(s, run=s.c("run")), setup=_slow_write_site, kill_on_tmp="slow_write_started",
+          kill_signal=signal.SIGINT,
+          env=lambda s: {"PYTHONPATH": s.c("site"), "MGD_SURVEY_SLOW_WRITE": s.c("slow_write_started")},
+          protect=lambda s: [s.c("run", "model_0000000.pth"), s.c("run", "last_checkpoint")]),
+        # ------------------------------------------------------------ export, set-up
+        C("export into a missing folder", lambda s: s.export(os.path.join(s.mgd_run, "model_final.pth"),
+                                                             s.c("no", "such", "student.pth"))),
+        C("scripts/setup.sh with a PYTHON that is not Python (PYTHON=/bin/true)",
+          lambda s: [os.path.join(REPO, "scripts", "setup.sh")], program="bash",
+          env=lambda s: {"PYTHON": "/bin/true", "MGD_VENV": s.c("venv")}),
+    ]
+
+
 def cases() -> List[Case]:
+    return earlier_cases() + issue22_cases()
+
+
+def earlier_cases() -> List[Case]:
     C = Case
     mgd_files = _run_files("run")
     return [
@@ -428,11 +636,18 @@ def main(argv=None):
     parser.add_argument("--work", default="/tmp/mgd_bad_input_survey", help="work folder (reused)")
     parser.add_argument("--only", default="", help="comma-separated case numbers (1-based)")
     parser.add_argument("--markdown", default="", help="also write the table to this file")
+    parser.add_argument("--list", action="store_true", help="print the numbered cases and exit")
+    parser.add_argument("--issue22", action="store_true", help="run only the cases added for issue 22")
     args = parser.parse_args(argv)
+    all_cases = cases()
+    if args.list:
+        print("\n".join(f"{n}. {c.title}" for n, c in enumerate(all_cases, 1)))
+        return
+    first_new = len(earlier_cases()) + 1
+    chosen = ([int(x) for x in args.only.split(",") if x]
+              or list(range(first_new if args.issue22 else 1, len(all_cases) + 1)))
     survey = Survey(args.work)
     survey.prepare()
-    all_cases = cases()
-    chosen = [int(x) for x in args.only.split(",") if x] or list(range(1, len(all_cases) + 1))
     results = []
     for number in chosen:
         case = all_cases[number - 1]

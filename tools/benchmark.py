@@ -14,7 +14,6 @@ on the weights' values.
 """
 import argparse
 import datetime
-import json
 import logging
 import os
 import sys
@@ -24,7 +23,8 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch
 
-import mgd_det  # noqa: F401  (registers the data sets and MGDDistiller)
+import mgd_det.data  # noqa: F401  (registers the data sets)
+import mgd_det.modeling  # noqa: F401  (registers MGDDistiller)
 from benchmarks import (
     load_assignment_npz,
     markdown_report,
@@ -33,6 +33,7 @@ from benchmarks import (
     measure_update_cost,
 )
 from benchmarks.memory import measure_memory
+from benchmarks.profile_step import write_results
 from benchmarks.update import synthetic_costs
 from benchmarks.workloads import DEFAULT_CONFIG, benchmark_cfg, build_models, environment, num_classes, synthetic_batch
 
@@ -150,12 +151,7 @@ def run(args):
             measure_memory(args.config_file, args.opts, b, s, plan["memory_steps"], plan["memory_reps"], args.teacher_weights)
             for b, s in plan["settings"]
         ]
-    with open(os.path.join(args.out_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    with open(os.path.join(args.out_dir, "results.md"), "w") as f:
-        f.write(markdown_report(results))
-    logger.info("wrote %s", os.path.join(args.out_dir, "results.md"))
-    return results
+    return write_results(args.out_dir, results, markdown_report(results))
 
 
 def main(argv=None):

@@ -52,6 +52,10 @@ def check_paths(args) -> None:
         if not args.force:
             raise ConfigError(f"output {args.output} exists: choose another file, or add --force to "
                               "replace it", path=args.output)
+    folder = os.path.dirname(os.path.abspath(args.output))
+    if not os.path.isdir(folder):
+        raise UserFileNotFoundError(f"output folder {folder} does not exist: create it first (mkdir -p {folder}) "
+                                    "or choose another output path", path=folder)
     if args.opts and not args.config_file:
         raise ConfigError(f"config overrides {args.opts} need --config-file (the student's config)")
 
@@ -60,14 +64,14 @@ def verify(state, config_file: str, opts) -> None:
     """Load ``state`` strictly into the plain student built from ``config_file`` + ``opts``."""
     from detectron2.modeling import build_model
 
+    from mgd_det.cfg_facts import detector_meta_architecture
     from mgd_det.config import setup_cfg
     from mgd_det.engine.checkpoint import incompatible_keys
     from mgd_det.errors import CheckpointError
     from mgd_det.modeling.teacher import incompatibility_problems
 
     cfg = setup_cfg(config_file, list(opts) + ["MODEL.DEVICE", "cpu"])
-    if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":  # the MGD config: its student
-        cfg.MODEL.META_ARCHITECTURE = cfg.MGD.STUDENT_META_ARCHITECTURE
+    cfg.MODEL.META_ARCHITECTURE = detector_meta_architecture(cfg)  # an MGD config: its student
     model = build_model(cfg)
     problems = incompatibility_problems(incompatible_keys(state, model.state_dict()))
     if problems:

@@ -11,6 +11,10 @@ precision of sampling against the relevant share of the pool:
     python tools/score_unlabeled.py --config-file configs/mini_digits/mgd_retinanet_R50_R18_AMP.yaml \\
         --dataset mini_digits_pool --temperatures 0.25,0.5,1,2 --uniform-shares 0,0.2
     python tools/score_unlabeled.py --config-file CONFIG --dataset folder:/data/crawl MGD.TEACHER.WEIGHTS T.pth
+
+Anticipated errors (config, folders, teacher files) end with one line ``ERROR: ...`` on stderr
+and exit code 1, checked before the pool is read; the traceback goes to OUTPUT_DIR/log.txt
+(mgd_det/engine/cli.py).
 """
 import argparse
 import json
@@ -24,7 +28,8 @@ import numpy as np
 from scipy.stats import rankdata
 from tabulate import tabulate
 
-logger = logging.getLogger("score_unlabeled")
+logger = logging.getLogger("mgd_det.score_unlabeled")
+LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
 
 
 def roc_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
@@ -42,19 +47,64 @@ def _floats(text: str) -> List[float]:
 
 def _teacher(cfg):
     """(teacher module, teacher config) of an MGD config, or of a plain detector config."""
-    if cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+    from mgd_det.cfg_facts import is_mgd
+
+    if is_mgd(cfg):
         from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg
 
         teacher_cfg = build_teacher_cfg(cfg)
         return build_teacher(cfg, teacher_cfg=teacher_cfg), teacher_cfg
-    from detectron2.checkpoint import DetectionCheckpointer
     from detectron2.modeling import build_model
 
-    if not cfg.MODEL.WEIGHTS:
-        raise ValueError("MODEL.WEIGHTS is empty: give the trained detector's checkpoint to score with.")
+    from mgd_det.errors import ConfigError, UserFileNotFoundError
+    from mgd_det.modeling.teacher import StrictCheckpointer
+
+    weights = cfg.MODEL.WEIGHTS
+    if not weights:
+        raise ConfigError("MODEL.WEIGHTS is empty: give the trained detector's checkpoint to score with "
+                          "(MODEL.WEIGHTS path/to/model_final.pth), or an MGD config (its teacher scores)",
+                          key="MODEL.WEIGHTS")
+    if "://" not in weights and not os.path.isfile(weights):
+        raise UserFileNotFoundError(f"MODEL.WEIGHTS {weights} not found: give the trained detector's checkpoint "
+                                    "to score with", key="MODEL.WEIGHTS", path=weights)
     model = build_model(cfg)
-    DetectionCheckpointer(model).load(cfg.MODEL.WEIGHTS)
+    StrictCheckpointer(model, "Scoring detector", cfg=cfg).load(weights)
     return model.eval(), cfg
+
+
+def _checked_dataset(name: str) -> None:
+    """``--dataset``: a registered set, or ``folder:PATH`` of an image folder (registered here)."""
+    from detectron2.data import DatasetCatalog
+
+    from mgd_det.data.unlabeled import FOLDER_PREFIX, folder_name_path, folder_problem, register_image_folder
+    from mgd_det.errors import ConfigError
+
+    if name.startswith(FOLDER_PREFIX):
+        path = folder_name_path(name)
+        problem = folder_problem(path) if path else f"no folder after '{FOLDER_PREFIX}': write {FOLDER_PREFIX}/path/to/images"
+        if problem:
+            raise ConfigError(f"--dataset {name!r}: {problem}", key="--dataset")
+        register_image_folder(name, path, key="--dataset")
+    elif name not in DatasetCatalog.list():
+        raise ConfigError(f"--dataset {name!r} is not a registered data set: give folder:/path/to/images, a name "
+                          "from MGD.UNLABELED.FOLDERS, or a bundled pool such as mini_digits_pool", key="--dataset")
+
+
+def _log_to_file(output_dir: str) -> None:
+    """Also log to OUTPUT_DIR/log.txt: where the one-line errors keep their traceback."""
+    if not output_dir:
+        return
+    from mgd_det.engine.cli import install_console_filter
+
+    install_console_filter(("",))  # the traceback records stay off the terminal (basicConfig's handler)
+    path = os.path.abspath(os.path.join(output_dir, "log.txt"))
+    package = logging.getLogger("mgd_det")  # engine.cli.log_file looks here; records still reach the terminal
+    if any(getattr(h, "baseFilename", None) == path for h in package.handlers):
+        return
+    os.makedirs(output_dir, exist_ok=True)
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    package.addHandler(handler)
 
 
 def _relevance(args, dataset: str, dicts) -> Optional[np.ndarray]:
@@ -76,22 +126,25 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", default="", help="write scores and statistics to this JSON file")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s: %(message)s")
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
     from detectron2.data import DatasetCatalog
 
+    import mgd_det.data  # noqa: F401  (registers the data sets and their config checks)
+    import mgd_det.modeling  # noqa: F401  (registers the model config checks)
     from mgd_det.config import setup_cfg
+    from mgd_det.config_checks import validate_mgd_config
     from mgd_det.data.preferential_sampler import distribution_stats, sampling_probabilities
-    from mgd_det.data.unlabeled import FOLDER_PREFIX, register_image_folder, register_unlabeled_from_cfg
-    from mgd_det.data.unlabeled_cfg import check_unlabeled_cfg, score_unlabeled_from_cfg
+    from mgd_det.data.unlabeled import register_unlabeled_from_cfg
+    from mgd_det.data.unlabeled_cfg import score_unlabeled_from_cfg
 
     cfg = setup_cfg(args.config_file, args.opts)
-    check_unlabeled_cfg(cfg)
+    validate_mgd_config(cfg)  # every key up front, MGD.UNLABELED.* and the folders included
+    _log_to_file(cfg.OUTPUT_DIR)
     register_unlabeled_from_cfg(cfg)
-    if args.dataset.startswith(FOLDER_PREFIX):
-        register_image_folder(args.dataset, args.dataset[len(FOLDER_PREFIX) :])
+    _checked_dataset(args.dataset)
+    teacher, teacher_cfg = _teacher(cfg)  # its files checked before a large pool is listed
     dicts = DatasetCatalog.get(args.dataset)
-    teacher, teacher_cfg = _teacher(cfg)
     result = score_unlabeled_from_cfg(cfg, teacher, teacher_cfg, dicts)
     relevant = _relevance(args, args.dataset, dicts)
 
@@ -130,4 +183,6 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from mgd_det.engine.cli import run_cli
+
+    sys.exit(run_cli(main))

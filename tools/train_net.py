@@ -9,7 +9,7 @@
 
 Run it as a script: ``tools/`` is deliberately not a package (the Detectron2 wheel installs
 its own top-level ``tools`` package, which ``from tools.train_net import main`` would import
-instead); from Python, use ``mgd_det.engine.tool_loader.load_tool("train_net")``.
+instead); from Python, load it by file path (as ``tests/_tools.py`` does).
 
 Anticipated errors (config, files, checkpoints, data, devices) end the run with one line
 ``ERROR: ...`` on stderr and exit code 1; tracebacks and the full config are in
@@ -20,10 +20,11 @@ import os
 
 from detectron2.engine import default_argument_parser
 
+from mgd_det.cfg_facts import is_mgd
 from mgd_det.config import setup_cfg
 from mgd_det.config_checks import validate_mgd_config
 from mgd_det.data import register_config_datasets
-from mgd_det.engine import MGDTrainer, is_mgd
+from mgd_det.engine import MGDTrainer
 from mgd_det.engine.checkpoint import MGDCheckpointer
 from mgd_det.engine.cli import install_excepthook, quiet_default_setup, report_errors
 from mgd_det.engine.launch import config_device, launch_processes
@@ -54,7 +55,8 @@ def check_run_args(cfg, args):
 
 def setup(args):
     """Config (validated before any output: an error is never buried under the config dump),
-    own data sets registered, logging to OUTPUT_DIR/log.txt."""
+    own data sets registered, logging to OUTPUT_DIR/log.txt. The one place a launch validates
+    and registers: MGDTrainer trusts a config validated here (config_checks.validate_once)."""
     cfg = setup_cfg(args.config_file, args.opts)
     validate_mgd_config(cfg)
     check_run_args(cfg, args)

@@ -1,6 +1,8 @@
 """Data sets: the bundled mini digits set and COCO-format registration.
 
-Importing this package registers the mini digits sets in Detectron2's catalogs.
+Importing this package registers the mini digits sets and the bundled unlabeled pools in
+Detectron2's catalogs, and the checks of the data keys (DATASETS.COCO_SETS, MGD.UNLABELED.*)
+in :mod:`mgd_det.config_checks`.
 """
 
 from .datasets import (
@@ -28,3 +30,4 @@ __all__ = [
     "register_mini_digits",
 ]
 from .unlabeled import register_image_folder, register_unlabeled_from_cfg  # noqa: E402,F401  (registers the bundled unlabeled pools)
+from . import unlabeled_cfg  # noqa: E402,F401  (registers the MGD.UNLABELED check)

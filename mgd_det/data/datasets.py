@@ -29,6 +29,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
+from mgd_det.config_checks import register_config_check
 from mgd_det.errors import ConfigError, DataError, MGDUserError, UserFileNotFoundError
 
 from .annotation_checks import check_dataset_dicts
@@ -258,6 +259,16 @@ def parse_coco_set(entry: str) -> Tuple[str, str, str]:
         )
     name, json_file, image_root = (p.strip() for p in parts)
     return name, os.path.expanduser(json_file), os.path.expanduser(image_root)
+
+
+@register_config_check(mgd_only=False)
+def check_coco_sets(cfg):
+    """Each DATASETS.COCO_SETS entry reads as ``NAME:ANNOTATIONS.json:IMAGE_DIR`` (a config check)."""
+    for entry in getattr(cfg.DATASETS, "COCO_SETS", ()) or ():
+        try:
+            parse_coco_set(entry)
+        except ConfigError as err:
+            yield str(err)
 
 
 def register_config_datasets(cfg) -> List[str]:

@@ -4,12 +4,20 @@ Unlabeled pools are collected from the wild: files named ``.jpg`` that are HTML 
 bytes from an interrupted copy, truncated downloads, 16-bit or palette PNGs, RGBA images.
 Two passes deal with them:
 
-- :func:`list_images` walks a folder once, recursively and in a stable order, and reads only
-  each file's *header* (cheap: size, mode, EXIF orientation). Files it cannot identify are
-  skipped and collected in a :class:`BadFiles` report.
-- :func:`read_image` fully decodes one file (a truncated file fails only here) and converts
-  any mode (grayscale, palette, RGBA, 16-bit, CMYK) to the requested format. It raises
-  :class:`ImageReadError` with a short reason; callers decide to skip and count.
+- :func:`list_images` walks a folder once, recursively and in a stable order (symbolic links
+  to folders are followed, each real folder visited once; a file reached twice through a
+  link is listed once), and reads only each file's *header* (cheap: size, mode, EXIF
+  orientation) plus an integrity walk where the format allows one without decoding (PNG
+  chunk checksums up to the end marker, the JPEG end-of-image marker), so most truncated
+  downloads are caught here. Files it cannot identify or use (smaller than
+  :data:`MIN_IMAGE_SIDE`, or more elongated than :data:`MAX_ASPECT_RATIO`: a 4000x1 banner
+  resized to the detector's input would have a side of 0 pixels) are skipped and collected
+  in a :class:`BadFiles` report, which the caller logs as one warning.
+- :func:`read_image` fully decodes one file (what the integrity walk misses fails here) and
+  converts any mode (grayscale, palette, RGBA, 16-bit, CMYK) to the requested format. It
+  raises :class:`ImageReadError` with a short reason; callers decide to skip and count.
+
+GIF files are read (their first frame): a crawled folder's GIFs are mostly still pictures.
 """
 
 import dataclasses
@@ -22,8 +30,15 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-# Lower-case extensions treated as images (PNG, JPEG, BMP, WebP, TIFF).
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".tif", ".tiff")
+# Lower-case extensions treated as images (PNG, JPEG, BMP, WebP, TIFF, GIF: first frame).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".jpe", ".jfif", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+# Images with a shorter side (pixels) are skipped: tracking pixels, icons, 1-pixel rules.
+MIN_IMAGE_SIDE = 8
+# Images more elongated than this (long side / short side) are skipped: resized to a
+# detector's input their short side shrinks to a few pixels or to 0.
+MAX_ASPECT_RATIO = 20.0
+_JPEG_END = b"\xff\xd9"
+_JPEG_TAIL = 1024  # bytes searched for the end-of-image marker (some writers append padding)
 # Transparent pixels are composited onto this colour (the usual display convention) rather
 # than exposing whatever RGB values hide under alpha 0.
 ALPHA_BACKGROUND = (255, 255, 255)
@@ -83,28 +98,68 @@ def has_image_extension(path: str) -> bool:
     return os.path.splitext(path)[1].lower() in IMAGE_EXTENSIONS
 
 
-def walk_image_paths(folder: str) -> Tuple[List[str], List[str]]:
-    """(image paths, other files) under ``folder``, recursively, sorted by relative path.
+def walk_files(folder: str) -> List[str]:
+    """Every non-hidden file under ``folder``, recursively, following symbolic links to
+    folders (each real folder once: a link loop or a second link to a folder adds nothing),
+    sorted by relative path; a file reached under several names (a link to a file of the
+    same collection) appears once, under its real name when that is inside ``folder``.
 
     Hidden files and folders (name starting with ".") are ignored: they are editor, OS or
     interrupted-generation leftovers (e.g. macOS ``._x.jpg`` resource forks are not images).
     """
-    images, others = [], []
-    for dirpath, dirnames, filenames in os.walk(folder):
+    seen_dirs, paths = set(), []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        real = os.path.realpath(dirpath)
+        if real in seen_dirs:
+            dirnames[:] = []
+            continue
+        seen_dirs.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        for name in filenames:
-            if name.startswith("."):
-                continue
-            path = os.path.join(dirpath, name)
-            (images if has_image_extension(name) else others).append(path)
-    images.sort(key=lambda p: os.path.relpath(p, folder))
+        paths.extend(os.path.join(dirpath, name) for name in filenames if not name.startswith("."))
+    paths.sort(key=lambda p: os.path.relpath(p, folder))
+    by_target = {}
+    for path in paths:  # broken links keep their own entry (and are reported unreadable)
+        target = os.path.realpath(path) if os.path.exists(path) else path
+        kept = by_target.get(target)
+        if kept is None or (os.path.islink(kept) and not os.path.islink(path)):
+            by_target[target] = path
+    kept = set(by_target.values())
+    return [p for p in paths if p in kept]
+
+
+def walk_image_paths(folder: str) -> Tuple[List[str], List[str]]:
+    """(image paths, other files) under ``folder``, as :func:`walk_files` lists them."""
+    images, others = [], []
+    for path in walk_files(folder):
+        (images if has_image_extension(path) else others).append(path)
     return images, others
 
 
-def read_header(path: str) -> Tuple[int, int]:
-    """(height, width) as :func:`read_image` will return it, from the file header only.
+def _check_integrity(path: str, image: Image.Image) -> None:
+    """Catch truncation without decoding: PNG chunk checksums, the JPEG end marker."""
+    if image.format == "PNG":
+        image.verify()  # walks every chunk up to IEND; a cut file raises
+    elif image.format == "JPEG":
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - _JPEG_TAIL))
+            if _JPEG_END not in f.read():
+                raise ImageReadError(path, "truncated JPEG (no end-of-image marker)")
 
-    Raises :class:`ImageReadError` when the file is not an identifiable image.
+
+def check_geometry(height: int, width: int) -> Optional[str]:
+    """Why an image of this size cannot be used (None: it can)."""
+    if min(height, width) < MIN_IMAGE_SIDE:
+        return f"too small ({width}x{height} pixels; at least {MIN_IMAGE_SIDE} per side)"
+    if max(height, width) > MAX_ASPECT_RATIO * min(height, width):
+        return f"too elongated ({width}x{height}; aspect ratio at most {MAX_ASPECT_RATIO:g})"
+    return None
+
+
+def read_header(path: str) -> Tuple[int, int]:
+    """(height, width) as :func:`read_image` will return it, from the file header (plus the
+    integrity walk of the module doc).
+
+    Raises :class:`ImageReadError` when the file is not an identifiable, usable image.
     """
     try:
         if os.path.getsize(path) == 0:
@@ -115,12 +170,15 @@ def read_header(path: str) -> Tuple[int, int]:
                 orientation = image.getexif().get(_EXIF_ORIENTATION)
             except Exception:  # a broken EXIF block: read_image ignores it too
                 orientation = None
+        with Image.open(path) as image:  # verify() needs a freshly opened file
+            _check_integrity(path, image)
     except ImageReadError:
         raise
     except Exception as err:  # PIL raises many types (UnidentifiedImageError, SyntaxError, ...)
         raise ImageReadError(path, _short_reason(err)) from err
-    if width <= 0 or height <= 0:
-        raise ImageReadError(path, f"invalid size {width}x{height}")
+    problem = check_geometry(height, width)
+    if problem:
+        raise ImageReadError(path, problem)
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
     return int(height), int(width)

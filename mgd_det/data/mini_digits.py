@@ -76,8 +76,8 @@ class MiniDigitsSpec:
         }
 
 
-# Stable dataset names -> what they contain. Sizes follow DESIGN.md §3 (2,000 / 300 images
-# of 128x128); the tiny sets are for tests and smoke runs.
+# Stable dataset names -> what they contain: the main job's sets (2,000 / 300 images of
+# 128x128, see docs/ARCHITECTURE.md) and the tiny sets for tests and smoke runs.
 DEFAULT_SPECS: Dict[str, MiniDigitsSpec] = {
     "mini_digits_train": MiniDigitsSpec("mini_digits", "train", 2000),
     "mini_digits_val": MiniDigitsSpec("mini_digits", "val", 300),

@@ -1,4 +1,4 @@
-"""Generator of a heterogeneous *unlabeled* image pool for the bundled data (DESIGN.md §5).
+"""Generator of a heterogeneous *unlabeled* image pool for the bundled data.
 
 A share of the images are relevant to the mini digits detector (handwritten digits pasted on
 cluttered backgrounds, rendered by :mod:`.mini_digits`, but no annotation is written); the
@@ -10,7 +10,8 @@ for measurement only (e.g. the precision of preferential sampling).
 Images are written in mixed formats (PNG, JPEG, BMP, WebP, TIFF; a few upper-case
 extensions), with a few grayscale, palette and RGBA ones, in shard sub-folders, to exercise
 the folder reader. Everything derives from ``(seed, image index)``: the same arguments give
-the same files on the same library versions. No Detectron2 import here.
+the same files on the same library versions. No Detectron2 import here. Where the pool fits
+among the data sources: docs/ARCHITECTURE.md.
 """
 
 import dataclasses

@@ -15,9 +15,12 @@ tempered part (their odds against a score-1 image are eps^(1/T)), u keeps every 
 reachable whatever the scores.
 
 **Stream.** Like Detectron2's ``TrainingSampler``: one infinite, seeded, *global* stream of
-indices; rank r of W takes positions r, r+W, r+2W, ... Positions are grouped in blocks of
-``block_size`` draws, each block drawn from its own generator seeded by (seed, score
-segment, block), so any position can be reached without replaying the stream (resume).
+indices; rank r of W takes positions r, r+W, r+2W, ... Positions are grouped in blocks,
+each drawn from its own generator seeded by (seed, score segment, block), so any position
+can be reached without replaying the stream (resume). When p is uniform (u = 1 or T = inf)
+a block is an *epoch*: a random permutation of the readable images, so draws are without
+replacement as in ``TrainingSampler`` (W ranks x k draws over W*k images: all distinct);
+otherwise a block is ``block_size`` independent weighted draws (with replacement).
 
 **Rescoring.** :meth:`set_scores` starts a new *segment*: the new distribution applies from
 a given per-rank position on (e.g. ``iteration * images_per_rank``); every rank must call
@@ -134,6 +137,7 @@ class _Segment:
     start: int  # first per-rank position drawn with these scores
     scores: np.ndarray
     cdf: np.ndarray
+    readable: np.ndarray  # indices of the finite scores (the epoch of uniform draws)
 
 
 def _shared_seed() -> int:
@@ -188,7 +192,7 @@ class PreferentialSampler(Sampler):
         if len(scores) != self.num_images:
             raise ValueError(f"Expected {self.num_images} scores (one per pool image), got {len(scores)}")
         p = sampling_probabilities(scores, self.temperature, self.uniform_share, self.eps)
-        return _Segment(index, int(start), scores.copy(), np.cumsum(p))
+        return _Segment(index, int(start), scores.copy(), np.cumsum(p), np.flatnonzero(np.isfinite(scores)))
 
     def _segment_at(self, position: int) -> _Segment:
         starts = [seg.start for seg in self._segments]
@@ -235,15 +239,23 @@ class PreferentialSampler(Sampler):
         return distribution_stats(np.diff(seg.cdf, prepend=0.0), seg.scores, relevant)
 
     # ------------------------------------------------------------------ stream
+    @property
+    def is_uniform(self) -> bool:
+        """True when every readable image has the same probability: epoch-style draws."""
+        return self.uniform_share >= 1.0 or math.isinf(self.temperature)
+
     def _draw(self, global_position: int) -> int:
         seg = self._segment_at(global_position // self.world_size)
         offset = global_position - seg.start * self.world_size
-        block, within = divmod(offset, self.block_size)
+        block, within = divmod(offset, len(seg.readable) if self.is_uniform else self.block_size)
         if self._block_key != (seg.index, block):
             rng = np.random.Generator(np.random.PCG64(np.random.SeedSequence(self.seed, spawn_key=(seg.index, block))))
-            u = rng.random(self.block_size) * seg.cdf[-1]
-            draws = np.searchsorted(seg.cdf, u, side="right")
-            self._block = np.minimum(draws, self.num_images - 1)
+            if self.is_uniform:  # one epoch: a permutation of the readable images
+                self._block = seg.readable[rng.permutation(len(seg.readable))]
+            else:
+                u = rng.random(self.block_size) * seg.cdf[-1]
+                draws = np.searchsorted(seg.cdf, u, side="right")
+                self._block = np.minimum(draws, self.num_images - 1)
             self._block_key = (seg.index, block)
         return int(self._block[within])
 

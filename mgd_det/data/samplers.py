@@ -1,6 +1,9 @@
-"""A training sampler that can continue exactly where an interrupted run stopped."""
+"""A training sampler that can continue exactly where an interrupted run stopped, and the
+aspect-ratio grouping of mixed (labeled + pool) batches."""
 import itertools
 import logging
+
+import torch
 
 from detectron2.data.samplers import TrainingSampler
 
@@ -45,3 +48,55 @@ class ResumableTrainingSampler(TrainingSampler):
     def __iter__(self):
         start = self._rank + self.num_consumed * self._world_size
         yield from itertools.islice(self._infinite_indices(), start, None, self._world_size)
+
+
+class MixedAspectRatioGroupedDataset(torch.utils.data.IterableDataset):
+    """Detectron2's aspect-ratio grouping for mixed batches: every batch holds exactly
+    ``num_labeled`` labeled images (mapped dicts with ``instances``) and ``num_pool`` pool
+    images, all of one orientation (landscape ``w > h`` or not).
+
+    Detectron2's ``AspectRatioGroupedDataset`` fills one bucket per orientation in stream
+    order, so a batch takes whatever kinds arrive (landscape photos + square labeled images
+    gave labeled counts [4, 2, 0, 4, 0, ...] instead of 2 each). Here each orientation has a
+    labeled and a pool bucket, and a batch leaves when both hold enough. When the two kinds
+    never meet in one orientation (e.g. labeled images all portrait, pool all landscape), the
+    buffer would grow without bound: past ``max_buffered`` images a batch is formed across
+    orientations (padding costs memory, the share still holds), logged once.
+    """
+
+    def __init__(self, dataset, num_labeled: int, num_pool: int, max_buffered: int = 0):
+        self.dataset = dataset
+        self.num_labeled, self.num_pool = int(num_labeled), int(num_pool)
+        self.max_buffered = int(max_buffered) or 8 * (self.num_labeled + self.num_pool)
+        self._warned = False
+
+    @staticmethod
+    def _orientation(d) -> int:
+        return 0 if d["width"] > d["height"] else 1
+
+    def _take(self, buckets, orientations):
+        """A batch from the first ``num_labeled`` labeled and ``num_pool`` pool images of the
+        given orientations (oldest first), or None when there are not enough."""
+        labeled = [d for o in orientations for d in buckets[(o, True)]][: self.num_labeled]
+        pool = [d for o in orientations for d in buckets[(o, False)]][: self.num_pool]
+        if len(labeled) < self.num_labeled or len(pool) < self.num_pool:
+            return None
+        chosen = {id(d) for d in labeled + pool}
+        for key in buckets:
+            buckets[key] = [d for d in buckets[key] if id(d) not in chosen]
+        return labeled + pool
+
+    def __iter__(self):
+        buckets = {(o, kind): [] for o in (0, 1) for kind in (True, False)}
+        for d in self.dataset:
+            orientation = self._orientation(d)
+            buckets[(orientation, "instances" in d)].append(d)
+            batch = self._take(buckets, (orientation,))
+            if batch is None and sum(len(b) for b in buckets.values()) > self.max_buffered:
+                if not self._warned:
+                    logger.info("Mixed batches: labeled and pool images rarely share an orientation; "
+                                "forming batches across orientations")
+                    self._warned = True
+                batch = self._take(buckets, (0, 1))
+            if batch is not None:
+                yield batch

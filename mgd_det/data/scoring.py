@@ -1,25 +1,35 @@
 """Scoring unlabeled images with the teacher, for preferential sampling.
 
-The score of an image is the **mass of confident detections**: the sum of the teacher's
-detection scores at or above a threshold (default 0.5). It grows with both the number of
-objects the teacher recognises and its confidence in them, so images full of the teacher's
-classes rank first, an image with one confident object beats one with a cloud of
-low-confidence guesses (which a plain sum over all detections would favour: detectors return
-up to 100 boxes per image, mostly near the test threshold), and an image without any object
-of the training domain scores 0. The maximum detection score (any threshold) and the count
-of confident detections are kept as well; ``score_kind="max"`` ranks by the former.
+Per image the teacher's detections are reduced to its top :data:`TOP_KEPT` detection scores
+(cached). The image score is then computed over the whole pool, by ``score_kind``:
+
+- ``"relative"`` (default): the **mass of the pool's confident detections**: the sum of the
+  image's detection scores at or above a threshold *relative to the teacher's own score
+  distribution*: the ``quantile`` (0.9) of the pool's per-image maximum scores, at most
+  ``threshold`` (0.5) and at least :data:`RELATIVE_FLOOR`. A confident teacher keeps the
+  absolute threshold; a weak one, that rarely scores above 0.5 (every "mass" score 0), is
+  judged against its own best 10 % of images. Images full of the teacher's classes rank first; an image whose best guess is
+  below the pool's usual best scores 0.
+- ``"mass"``: the same with the fixed ``threshold`` (the sum of detection scores >= 0.5).
+- ``"max"``: the largest detection score (any threshold).
+
+:func:`uninformative_reason` says when the scores cannot rank anything (too few non-zero,
+or all about equal, as with a random or untrained teacher); callers then sample uniformly
+and say so.
 
 Results are cached on disk per file identity and teacher identity (:mod:`.score_cache`):
-a rerun scores only new or changed files. The model is any Detectron2 detector (called in
-eval mode on a list of mapped dicts, returning ``[{"instances": Instances(scores=...)}]``);
-this module itself does not import Detectron2.
+a rerun scores only new or changed files. With several processes each scores its share of
+the missing images and the results are gathered (``shard`` and ``gather`` of
+:func:`score_images`); only the writer saves the cache. The model is any Detectron2 detector
+(called in eval mode on a list of mapped dicts, returning
+``[{"instances": Instances(scores=...)}]``); this module itself does not import Detectron2.
 """
 
 import dataclasses
 import logging
 import math
 import time
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -28,33 +38,53 @@ from .score_cache import ScoreCache, file_identity
 
 logger = logging.getLogger(__name__)
 
-SCORE_KINDS = ("mass", "max")
+SCORE_KINDS = ("relative", "mass", "max")
+# Detection scores kept per image (highest first): enough for any score kind, small in JSON.
+TOP_KEPT = 20
+# The "relative" threshold: this quantile of the pool's per-image maximum scores (at most
+# the absolute threshold).
+RELATIVE_QUANTILE = 0.9
+# ... but never below this: Detectron2's default RetinaNet test threshold. An untrained head
+# predicts about its prior (0.01) everywhere, and ranking images by such noise is worse than
+# not ranking them (its scores then count as uninformative: uniform sampling).
+RELATIVE_FLOOR = 0.05
+# Scores are uninformative when fewer than this share of readable images (and at least 2)
+# score above 0, or when their spread is below this fraction of their largest value.
+MIN_NONZERO_SHARE = 0.01
+MIN_RELATIVE_SPREAD = 1e-3
 _BAR_WIDTH = 20
 
 
-def detection_scores(output: Mapping, threshold: float) -> Dict[str, float]:
-    """{"mass", "max", "count"} of one image's detector output (see the module doc)."""
+def detection_scores(output: Mapping, threshold: float) -> Dict:
+    """{"mass", "max", "count", "top"} of one image's detector output: the mass and count
+    of detections >= ``threshold``, the maximum, the top :data:`TOP_KEPT` scores."""
     scores = output["instances"].scores.detach().float().cpu()
     confident = scores[scores >= threshold]
+    top = torch.sort(scores, descending=True).values[:TOP_KEPT]
     return {
         "mass": float(confident.sum()),
         "max": float(scores.max()) if scores.numel() else 0.0,
         "count": int(confident.numel()),
+        "top": [round(float(v), 6) for v in top],
     }
 
 
 def scoring_settings(cfg, threshold: float) -> Dict:
-    """Everything besides the weights that changes a teacher's scores, for the cache identity.
+    """Everything besides the weights that changes a teacher's cached values, for the cache
+    identity.
 
-    ``cfg`` is the *teacher's* config: its MODEL section (minus WEIGHTS and DEVICE), input
-    format and test sizes.
+    ``cfg`` is the *teacher's* config: its MODEL section (minus WEIGHTS and DEVICE: score
+    thresholds, NMS, ...), input format, test sizes and TEST.DETECTIONS_PER_IMAGE (which caps
+    the number of detections, hence the mass).
     """
     model = {k: v for k, v in dict(cfg.MODEL).items() if k not in ("WEIGHTS", "DEVICE")}
     return {
         "threshold": float(threshold),
+        "top_kept": TOP_KEPT,
         "format": cfg.INPUT.FORMAT,
         "min_size_test": cfg.INPUT.MIN_SIZE_TEST,
         "max_size_test": cfg.INPUT.MAX_SIZE_TEST,
+        "detections_per_image": cfg.TEST.DETECTIONS_PER_IMAGE,
         "model": model,
     }
 
@@ -66,10 +96,17 @@ class ImageScores:
 
     scores: np.ndarray  # float64, the chosen score kind
     max_scores: np.ndarray  # float64
-    counts: np.ndarray  # int64, confident detections
+    counts: np.ndarray  # int64, detections counted in the score (>= score_threshold)
     readable: np.ndarray  # bool
     num_computed: int = 0
     num_cached: int = 0
+    score_kind: str = "relative"
+    score_threshold: float = 0.5  # the detection threshold the score used
+
+    @property
+    def uninformative(self) -> Optional[str]:
+        """Why these scores cannot rank the pool (None when they can)."""
+        return uninformative_reason(self.scores)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -111,12 +148,15 @@ def score_images(
     *,
     batch_size: int = 8,
     threshold: float = 0.5,
-    score_kind: str = "mass",
+    score_kind: str = "relative",
     cache: Optional[ScoreCache] = None,
     log_period_s: float = 10.0,
     save_period_s: float = 60.0,
-    score_fn: Optional[Callable[[Mapping, float], Dict[str, float]]] = None,
+    score_fn: Optional[Callable[[Mapping, float], Dict]] = None,
     num_workers: int = 0,
+    quantile: float = RELATIVE_QUANTILE,
+    shard: Tuple[int, int] = (0, 1),
+    gather: Optional[Callable[[Dict], List[Dict]]] = None,
 ) -> ImageScores:
     """Score every image of ``dataset_dicts`` with ``model`` (eval mode, no grad).
 
@@ -124,33 +164,51 @@ def score_images(
     returning None for an unreadable image (:class:`~.unlabeled_mapper.UnlabeledDatasetMapper`
     with ``is_train=False``) or raise :class:`~.image_files.ImageReadError`. ``cache``
     (built with the teacher identity, see :func:`~.score_cache.teacher_identity`) provides
-    the scores of unchanged files and receives the new ones; it is saved every
+    the values of unchanged files and receives the new ones; it is saved every
     ``save_period_s`` seconds and at the end, so an interrupted scoring pass resumes.
-    ``score_fn(output, threshold)`` returns at least the keys "mass", "max" and "count".
+    ``score_fn(output, threshold)`` returns at least the keys of :func:`detection_scores`.
     ``num_workers`` > 0 decodes images in that many DataLoader workers (each with its own
     copy of the mapper, hence its own warnings for bad files).
 
-    Single process: in a multi-process run, score on one rank and broadcast the scores.
+    Several processes: ``shard = (rank, world_size)`` makes this process score every
+    world_size-th missing image, and ``gather(dict) -> [dict per process]`` (e.g.
+    Detectron2's ``comm.all_gather``) collects the others' values; every process returns the
+    full result, and only rank 0 writes to the cache (give the others an in-memory one or
+    the same file: they never save).
     """
     if score_kind not in SCORE_KINDS:
         raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    rank, world_size = int(shard[0]), int(shard[1])
+    if not 0 <= rank < world_size or (world_size > 1 and gather is None):
+        raise ValueError(f"shard {shard} needs 0 <= rank < world_size and, for world_size > 1, a gather function")
     score_fn = score_fn or detection_scores
     cache = cache if cache is not None else ScoreCache(None, "")
+    writer = rank == 0
     keys = [file_identity(d["file_name"]) for d in dataset_dicts]
     values: List[Optional[Dict]] = [cache.get(k) for k in keys]
     todo = [i for i, v in enumerate(values) if v is None]
     num_cached = len(values) - len(todo)
     if todo:
+        mine = todo[rank::world_size]
         logger.info(
-            "Scoring %d images with the teacher (%d already in the cache%s)",
+            "Scoring %d images with the teacher (%d already in the cache%s)%s",
             len(todo), num_cached, f" {cache.path}" if cache.path else "",
+            f"; this process scores {len(mine)} of them (process {rank} of {world_size})" if world_size > 1 else "",
         )
-        _score_missing(model, dataset_dicts, mapper, todo, keys, values, cache, batch_size, threshold,
+        own_cache = cache if writer else ScoreCache(None, "")
+        _score_missing(model, dataset_dicts, mapper, mine, keys, values, own_cache, batch_size, threshold,
                        score_fn, log_period_s, save_period_s, num_workers)
-    cache.save()
-    result = _collect(values, score_kind)
+        if world_size > 1:
+            for part in gather({i: values[i] for i in mine}):
+                for i, v in part.items():
+                    values[int(i)] = v
+                    if writer:
+                        cache.put(keys[int(i)], v)
+    if writer:
+        cache.save()
+    result = _collect(values, score_kind, threshold, quantile)
     result.num_computed, result.num_cached = len(todo), num_cached
     _log_summary(result)
     return result
@@ -226,18 +284,59 @@ def _score_missing(model, dicts, mapper, todo, keys, values, cache, batch_size, 
     progress.update(len(todo), force=True)
 
 
-def _collect(values: Sequence[Dict], score_kind: str) -> ImageScores:
+def relative_threshold(max_scores: np.ndarray, threshold: float, quantile: float = RELATIVE_QUANTILE) -> float:
+    """The ``quantile`` of the finite per-image maximum scores, clipped to
+    [:data:`RELATIVE_FLOOR`, ``threshold``]."""
+    finite = max_scores[np.isfinite(max_scores)]
+    if finite.size == 0:
+        return float(threshold)
+    return float(min(threshold, max(RELATIVE_FLOOR, np.quantile(finite, quantile))))
+
+
+def _top(v: Dict) -> np.ndarray:
+    return np.asarray(v.get("top", [v["max"]] if v.get("max") else []), dtype=np.float64)
+
+
+def _collect(values: Sequence[Dict], score_kind: str, threshold: float = 0.5,
+             quantile: float = RELATIVE_QUANTILE) -> ImageScores:
     n = len(values)
     readable = np.array([bool(v.get("readable", False)) for v in values], dtype=bool)
-    scores = np.full(n, np.nan)
     max_scores = np.full(n, np.nan)
-    counts = np.zeros(n, dtype=np.int64)
     for i, v in enumerate(values):
         if readable[i]:
-            scores[i] = float(v[score_kind])
             max_scores[i] = float(v["max"])
-            counts[i] = int(v["count"])
-    return ImageScores(scores, max_scores, counts, readable)
+    cut = relative_threshold(max_scores, threshold, quantile) if score_kind == "relative" else float(threshold)
+    scores = np.full(n, np.nan)
+    counts = np.zeros(n, dtype=np.int64)
+    for i, v in enumerate(values):
+        if not readable[i]:
+            continue
+        if score_kind == "max":
+            scores[i] = max_scores[i]
+            counts[i] = int(max_scores[i] >= cut)
+        elif score_kind == "mass" and "top" not in v:  # a value from a custom score_fn
+            scores[i], counts[i] = float(v["mass"]), int(v["count"])
+        else:
+            top = _top(v)
+            kept = top[top >= cut]
+            scores[i], counts[i] = float(kept.sum()), int(kept.size)
+    return ImageScores(scores, max_scores, counts, readable, score_kind=score_kind, score_threshold=cut)
+
+
+def uninformative_reason(scores) -> Optional[str]:
+    """Why ``scores`` (NaN: unreadable) cannot rank images, or None when they can."""
+    valid = np.asarray(scores, dtype=np.float64)
+    valid = valid[np.isfinite(valid)]
+    if valid.size < 2:
+        return f"{valid.size} readable image(s)"
+    nonzero = int((valid > 0).sum())
+    needed = max(2, int(math.ceil(MIN_NONZERO_SHARE * valid.size)))
+    if nonzero < needed:
+        return f"only {nonzero} of {valid.size} images score above 0 (at least {needed} needed)"
+    peak = float(np.abs(valid).max())
+    if float(valid.max() - valid.min()) <= MIN_RELATIVE_SPREAD * peak:
+        return f"all {valid.size} scores are about equal ({valid.min():.4g} to {valid.max():.4g})"
+    return None
 
 
 def _log_summary(result: ImageScores) -> None:
@@ -246,8 +345,9 @@ def _log_summary(result: ImageScores) -> None:
         logger.warning("Teacher scoring: no readable image among %d", len(result))
         return
     logger.info(
-        "Teacher scores of %d images (%d scored now, %d from the cache, %d unreadable): mean %.3f, "
-        "median %.3f, max %.3f, %.0f%% above zero",
-        len(result), result.num_computed, result.num_cached, int((~result.readable).sum()),
-        float(valid.mean()), float(np.median(valid)), float(valid.max()), 100.0 * float((valid > 0).mean()),
+        "Teacher scores of %d images (%d scored now, %d from the cache, %d unreadable; score %r, "
+        "detections >= %.3f): mean %.3f, median %.3f, max %.3f, %.0f%% above zero",
+        len(result), result.num_computed, result.num_cached, int((~result.readable).sum()), result.score_kind,
+        result.score_threshold, float(valid.mean()), float(np.median(valid)), float(valid.max()),
+        100.0 * float((valid > 0).mean()),
     )

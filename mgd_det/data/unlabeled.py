@@ -3,7 +3,7 @@
 An unlabeled set's dicts carry ``file_name``, ``height``, ``width`` and ``image_id`` (the
 path relative to the folder) and **no** ``"annotations"`` key: that absence is what marks an
 image as unlabeled all the way to the model (a labeled image without objects has
-``"annotations": []``). See :func:`is_unlabeled_dict`.
+``"annotations": []``). See :func:`mgd_det.ground_truth.is_unlabeled`.
 
 Three ways to name a folder, none needing Python:
 
@@ -23,23 +23,23 @@ followed by an unlabeled one crashes in ``filter_images_with_only_crowd_annotati
 
 import logging
 import os
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 from detectron2.data import DatasetCatalog, MetadataCatalog, get_detection_dataset_dicts
 
-from .image_files import IMAGE_EXTENSIONS, list_images, summarize_extensions
+from mgd_det.config_checks import register_config_check
+from mgd_det.errors import ConfigError, DataError
+
+from .image_files import IMAGE_EXTENSIONS, has_image_extension, list_images, summarize_extensions, walk_files
 from .pool import POOL_SPECS, ensure_pool
 
 logger = logging.getLogger(__name__)
 
 # Prefix of DATASETS.TRAIN/TEST entries naming a folder directly.
 FOLDER_PREFIX = "folder:"
-_SUPPORTED = "PNG/JPEG/BMP/WebP/TIFF"
-
-
-def is_unlabeled_dict(dataset_dict: Dict) -> bool:
-    """True for an image of an unlabeled set (no ``"annotations"`` key at all)."""
-    return "annotations" not in dataset_dict
+_SUPPORTED = "PNG/JPEG/BMP/WebP/TIFF/GIF"
+FOLDERS_KEY = "MGD.UNLABELED.FOLDERS"
+_ENTRY_EXAMPLE = "'my_pool:/data/images'"
 
 
 def is_unlabeled_dataset(name: str) -> bool:
@@ -56,21 +56,21 @@ _LOADED: Dict[Tuple[str, str], Tuple[int, List[Dict]]] = {}
 def _folder_signature(folder: str) -> int:
     """A hash of every file's path, size and modification time under ``folder`` (no reads)."""
     entries = []
-    for root, _, files in os.walk(folder):
-        for f in files:
-            try:
-                st = os.stat(os.path.join(root, f))
-            except OSError:
-                continue
-            entries.append((os.path.join(root, f), st.st_size, st.st_mtime_ns))
-    return hash(tuple(sorted(entries)))
+    for path in walk_files(folder):
+        try:
+            st = os.stat(path)
+        except OSError:
+            continue
+        entries.append((path, st.st_size, st.st_mtime_ns))
+    return hash(tuple(entries))
 
 
 def load_image_folder(folder: str, name: str = "") -> List[Dict]:
     """Dataset dicts of every readable image under ``folder`` (recursive, stable order).
 
     Files whose header cannot be read are skipped and reported in one WARNING line. Raises a
-    ValueError naming the folder when it holds no readable image. Loading an unchanged
+    :class:`~mgd_det.errors.DataError` (a ValueError) naming the folder when it is not a
+    folder or holds no readable image. Loading an unchanged
     folder again in the same process returns the first result (copies of its dicts).
     """
     folder = os.path.abspath(os.path.expanduser(folder))
@@ -86,11 +86,12 @@ def load_image_folder(folder: str, name: str = "") -> List[Dict]:
 def _list_image_folder(folder: str, name: str) -> List[Dict]:
     label = f"Unlabeled set '{name}' ({folder})" if name else f"Unlabeled folder {folder}"
     if not os.path.isdir(folder):
-        raise ValueError(f"{label}: folder not found. Fix the path (MGD.UNLABELED.FOLDERS 'name:path').")
+        raise DataError(f"{label}: {_path_problem(folder)}: fix the path ({FOLDERS_KEY} entries are "
+                        f"'name:path', DATASETS.TRAIN names 'folder:PATH')", path=folder)
     records, bad, others = list_images(folder)
     if bad.count:
         logger.warning(
-            "%s: skipped %d of %d image files that cannot be read: %s",
+            "%s: skipped %d of %d image files that cannot be read or used: %s",
             label, bad.count, bad.count + len(records), bad.describe(),
         )
     if others:
@@ -102,10 +103,10 @@ def _list_image_folder(folder: str, name: str) -> List[Dict]:
         found = f"{bad.count} unreadable image file(s)" if bad.count else "no image file"
         if others:
             found += f" and {len(others)} other file(s): {summarize_extensions(others)}"
-        raise ValueError(
+        raise DataError(
             f"{label} has no readable image ({found}). Put {_SUPPORTED} images in it (searched "
             f"recursively; extensions {', '.join(IMAGE_EXTENSIONS)}, any case) or point the "
-            "data set at another folder."
+            "data set at another folder.", path=folder,
         )
     logger.info("%s: %d images", label, len(records))
     return [
@@ -122,21 +123,57 @@ def _set_unlabeled_metadata(name: str, folder: str) -> None:
     meta.set(image_root=folder, unlabeled=True, evaluator_type="none")
 
 
-def register_image_folder(name: str, folder: str) -> None:
+def _path_problem(folder: str) -> str:
+    """Why ``folder`` (not a folder) cannot be listed, in words."""
+    if os.path.isfile(folder):
+        return f"{folder} is a file, not a folder"
+    if os.path.exists(folder):
+        return f"{folder} is not a folder"
+    return f"folder {folder} not found"
+
+
+def folder_problem(folder: str) -> Optional[str]:
+    """Why ``folder`` cannot be an unlabeled image folder, found without reading an image:
+    missing, a file, or holding no file with an image extension; None when it may be one.
+
+    Cheap enough for an up-front config check: the walk stops at the first image file. An
+    image folder whose every image is unreadable is found when the set is loaded.
+    """
+    folder = os.path.abspath(os.path.expanduser(folder))
+    if not os.path.isdir(folder):
+        return f"{_path_problem(folder)}: give the folder that holds the images"
+    others = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        names = [n for n in filenames if not n.startswith(".")]
+        if any(has_image_extension(n) for n in names):
+            return None
+        others.extend(os.path.join(dirpath, n) for n in names)
+    found = f"only {len(others)} other file(s): {summarize_extensions(others)}" if others else "it is empty"
+    return (f"folder {folder} holds no image file ({found}); put {_SUPPORTED} images in it "
+            f"(extensions {', '.join(IMAGE_EXTENSIONS)}, any case, searched recursively)")
+
+
+def register_image_folder(name: str, folder: str, key: str = FOLDERS_KEY) -> None:
     """Register ``folder`` (searched recursively) as the unlabeled data set ``name``.
 
     The folder is listed when the set is loaded, not here. Registering the same name again
     with another folder replaces it; a name already used by a labeled set is an error.
+    Errors are :class:`~mgd_det.errors.ConfigError` naming ``key``, the config key that
+    gave the folder.
     """
     folder = os.path.abspath(os.path.expanduser(folder))
     if not os.path.isdir(folder):
-        raise ValueError(
-            f"Unlabeled set '{name}': folder {folder} not found. Fix the path "
-            "(MGD.UNLABELED.FOLDERS entries are 'name:path')."
+        raise ConfigError(
+            f"Unlabeled set '{name}': {_path_problem(folder)} ({key}): fix the path "
+            f"({FOLDERS_KEY} entries are 'name:path', e.g. {_ENTRY_EXAMPLE})", key=key,
         )
     if name in DatasetCatalog.list():
         if not is_unlabeled_dataset(name):
-            raise ValueError(f"Cannot register folder {folder} as '{name}': a labeled data set has that name.")
+            raise ConfigError(
+                f"Cannot register folder {folder} as '{name}' ({key}): a labeled data set has that "
+                "name; choose another name for the folder", key=key,
+            )
         if MetadataCatalog.get(name).get("image_root") == folder:
             return
         logger.info("Unlabeled set '%s' now points at %s", name, folder)
@@ -147,12 +184,20 @@ def register_image_folder(name: str, folder: str) -> None:
 
 def parse_folder_entry(entry: str) -> Tuple[str, str]:
     """``"name:path"`` -> (name, path); the name is everything before the first ':'."""
-    name, sep, path = entry.partition(":")
+    name, sep, path = entry.partition(":") if isinstance(entry, str) else ("", "", "")
     if not sep or not name.strip() or not path.strip():
-        raise ValueError(
-            f"MGD.UNLABELED.FOLDERS entry {entry!r} is not 'name:path' (e.g. 'my_pool:/data/images')."
+        reason = ("no ':' between a name and a folder" if not sep else "no folder after the name"
+                  if name.strip() else "no name before the ':'")
+        raise ConfigError(
+            f"{FOLDERS_KEY} entry {entry!r} is not 'name:path' ({reason}): write e.g. {_ENTRY_EXAMPLE}",
+            key=FOLDERS_KEY,
         )
     return name.strip(), path.strip()
+
+
+def folder_name_path(name: str) -> str:
+    """The folder of a ``folder:PATH`` data set name ("" when none is given)."""
+    return name[len(FOLDER_PREFIX) :].strip()
 
 
 def register_unlabeled_from_cfg(cfg) -> List[str]:
@@ -166,12 +211,63 @@ def register_unlabeled_from_cfg(cfg) -> List[str]:
         name, path = parse_folder_entry(entry)
         register_image_folder(name, path)
         names.append(name)
-    for name in list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST):
-        if name.startswith(FOLDER_PREFIX):
-            register_image_folder(name, name[len(FOLDER_PREFIX) :])
-        if is_unlabeled_dataset(name) and name not in names:
-            names.append(name)
+    for key, listed in (("DATASETS.TRAIN", cfg.DATASETS.TRAIN), ("DATASETS.TEST", cfg.DATASETS.TEST)):
+        for name in listed:
+            if name.startswith(FOLDER_PREFIX):
+                if not folder_name_path(name):
+                    raise ConfigError(_no_folder_problem(key, name), key=key)
+                register_image_folder(name, folder_name_path(name), key=key)
+            if is_unlabeled_dataset(name) and name not in names:
+                names.append(name)
     return names
+
+
+# --------------------------------------------------------------------- config check
+def _no_folder_problem(key: str, name: str) -> str:
+    return f"{key} entry {name!r} names no folder: write '{FOLDER_PREFIX}/path/to/images'"
+
+
+def _labeled_names(cfg) -> List[str]:
+    """Registered labeled sets and the names DATASETS.COCO_SETS will register."""
+    registered = [n for n in DatasetCatalog.list() if not is_unlabeled_dataset(n)]
+    coco = [e.split(":", 1)[0].strip() for e in getattr(cfg.DATASETS, "COCO_SETS", ()) or () if isinstance(e, str)]
+    return registered + coco
+
+
+@register_config_check(mgd_only=False)  # score_unlabeled.py reads them with a plain detector too
+def unlabeled_folder_problems(cfg) -> Iterator[str]:
+    """The unlabeled folders a config names (MGD.UNLABELED.FOLDERS, ``folder:PATH`` in
+    DATASETS.TRAIN) exist, are folders and hold image files; no folder is named like a
+    labeled set; DATASETS.TEST holds no unlabeled set (evaluation needs labels)."""
+    declared = []
+    labeled = None
+    for entry in cfg.MGD.UNLABELED.FOLDERS:
+        try:
+            name, path = parse_folder_entry(entry)
+        except ConfigError as err:
+            yield str(err)
+            continue
+        declared.append(name)
+        labeled = _labeled_names(cfg) if labeled is None else labeled
+        if name in labeled:
+            yield (f"{FOLDERS_KEY} entry {entry!r}: '{name}' is the name of a labeled data set; give the "
+                   "folder another name")
+            continue
+        problem = folder_problem(path)
+        if problem:
+            yield f"{FOLDERS_KEY} entry {entry!r}: {problem}"
+    for name in cfg.DATASETS.TRAIN:
+        if not name.startswith(FOLDER_PREFIX):
+            continue
+        path = folder_name_path(name)
+        problem = folder_problem(path) if path else _no_folder_problem("DATASETS.TRAIN", name)
+        if problem:
+            yield problem if not path else f"DATASETS.TRAIN entry {name!r}: {problem}"
+    for name in cfg.DATASETS.TEST:
+        if name.startswith(FOLDER_PREFIX) or name in declared or is_unlabeled_dataset(name):
+            yield (f"DATASETS.TEST entry {name!r} is an unlabeled image folder: evaluation needs a "
+                   "labeled (COCO-format) set; remove it from DATASETS.TEST (unlabeled folders belong "
+                   "in DATASETS.TRAIN)")
 
 
 def split_labeled_unlabeled(names: Sequence[str]) -> Tuple[List[str], List[str]]:

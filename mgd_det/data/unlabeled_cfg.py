@@ -7,7 +7,10 @@ assemble (:mod:`.scoring`, :mod:`.score_cache`, :mod:`.preferential_sampler`,
 
 import logging
 import os
-from typing import Dict, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence
+
+from mgd_det.cfg_facts import config_seed
+from mgd_det.config_checks import raise_problems, register_config_check
 
 from .preferential_sampler import PreferentialSampler
 from .score_cache import ScoreCache, teacher_identity
@@ -20,8 +23,9 @@ SAMPLING_MODES = ("preferential", "uniform")
 DEFAULT_CACHE_NAME = "unlabeled_scores.json"
 
 
-def check_unlabeled_cfg(cfg) -> None:
-    """One ValueError line per bad MGD.UNLABELED value."""
+@register_config_check(mgd_only=False)  # also read by tools/score_unlabeled.py with a plain detector
+def unlabeled_cfg_problems(cfg) -> Iterator[str]:
+    """The bad MGD.UNLABELED values, one problem each (a registered config check)."""
     u = cfg.MGD.UNLABELED
     checks = (
         ("SAMPLING", u.SAMPLING in SAMPLING_MODES, f"one of {SAMPLING_MODES}"),
@@ -29,13 +33,19 @@ def check_unlabeled_cfg(cfg) -> None:
         ("TEMPERATURE", u.TEMPERATURE > 0, "> 0 (1: proportional to the score; large: uniform)"),
         ("UNIFORM_SHARE", 0.0 <= u.UNIFORM_SHARE <= 1.0, "in [0, 1]"),
         ("SCORE_EPS", u.SCORE_EPS > 0, "> 0"),
+        ("SCORE_QUANTILE", 0.0 <= u.SCORE_QUANTILE <= 1.0, "in [0, 1]"),
         ("SCORE_BATCH_SIZE", u.SCORE_BATCH_SIZE >= 1, ">= 1"),
         ("LABELED_SHARE", 0.0 < u.LABELED_SHARE < 1.0, "in (0, 1): the labeled share of a mixed batch"),
         ("STATS_PERIOD", u.STATS_PERIOD >= 1, ">= 1"),
     )
     for key, ok, expected in checks:
         if not ok:
-            raise ValueError(f"MGD.UNLABELED.{key} is {getattr(u, key)!r}; it must be {expected}.")
+            yield f"MGD.UNLABELED.{key} is {getattr(u, key)!r}; it must be {expected}"
+
+
+def check_unlabeled_cfg(cfg) -> None:
+    """A :class:`~mgd_det.errors.ConfigError` (a ValueError) listing the bad MGD.UNLABELED values."""
+    raise_problems(unlabeled_cfg_problems(cfg))
 
 
 def score_cache_path(cfg) -> str:
@@ -49,10 +59,14 @@ def score_unlabeled_from_cfg(
     """Score ``dataset_dicts`` with ``teacher`` as cfg.MGD.UNLABELED says, through the cache.
 
     ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and test sizes prepare the
-    images, and its MODEL section is part of the cache identity with the teacher's weights
-    (hashed from the module in memory) and the threshold. Images are decoded by
-    DATALOADER.NUM_WORKERS workers.
+    images, and its MODEL section and TEST.DETECTIONS_PER_IMAGE are part of the cache
+    identity with the teacher's weights (hashed from the module in memory) and the
+    threshold. Images are decoded by DATALOADER.NUM_WORKERS workers. In a multi-process run
+    every process must call this: each scores its share of the missing images, the values
+    are all-gathered, rank 0 writes the cache, and every process returns the same scores.
     """
+    from detectron2.utils import comm
+
     check_unlabeled_cfg(cfg)
     u = cfg.MGD.UNLABELED
     identity = teacher_identity(teacher, scoring_settings(teacher_cfg, u.SCORE_THRESH))
@@ -61,12 +75,15 @@ def score_unlabeled_from_cfg(
     return score_images(
         teacher, dataset_dicts, mapper, batch_size=u.SCORE_BATCH_SIZE, threshold=u.SCORE_THRESH,
         score_kind=u.SCORE, cache=cache, log_period_s=u.SCORE_LOG_PERIOD,
-        num_workers=cfg.DATALOADER.NUM_WORKERS,
+        num_workers=cfg.DATALOADER.NUM_WORKERS, quantile=u.SCORE_QUANTILE,
+        shard=(comm.get_rank(), comm.get_world_size()), gather=comm.all_gather,
     )
 
 
-def build_unlabeled_sampler(cfg, scores, seed: Optional[int] = None, **kwargs) -> PreferentialSampler:
-    """The pool's sampler: tempered scores, or uniform (u = 1) when SAMPLING is "uniform".
+def build_unlabeled_sampler(cfg, scores, seed: Optional[int] = None, uniform: Optional[bool] = None,
+                            **kwargs) -> PreferentialSampler:
+    """The pool's sampler: tempered scores, or uniform (u = 1: epochs without replacement)
+    when SAMPLING is "uniform" or ``uniform`` is True (e.g. uninformative scores).
 
     Uniform sampling uses the same class so that unreadable images (NaN scores) are skipped
     and the checkpointed state is the same. ``seed`` defaults to cfg.SEED when >= 0.
@@ -74,9 +91,9 @@ def build_unlabeled_sampler(cfg, scores, seed: Optional[int] = None, **kwargs) -
     """
     check_unlabeled_cfg(cfg)
     u = cfg.MGD.UNLABELED
-    if seed is None and cfg.SEED >= 0:
-        seed = cfg.SEED
-    uniform = u.SAMPLING == "uniform"
+    if seed is None:
+        seed = config_seed(cfg, None)
+    uniform = u.SAMPLING == "uniform" if uniform is None else bool(uniform)
     return PreferentialSampler(
         scores, temperature=u.TEMPERATURE, uniform_share=1.0 if uniform else u.UNIFORM_SHARE,
         eps=u.SCORE_EPS, seed=seed, **kwargs,

@@ -20,8 +20,8 @@ from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .image_files import MAX_LISTED_BAD_FILES, BadFiles, ImageReadError, read_image
-from .unlabeled import is_unlabeled_dict
+from .image_files import MAX_LISTED_BAD_FILES, BadFiles, ImageReadError, check_geometry, read_image
+from mgd_det.ground_truth import is_unlabeled
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ class UnlabeledDatasetMapper:
         self._fallback = [
             (d["file_name"], d.get("height"), d.get("width"), d.get("image_id"))
             for d in (fallback_dicts or ())
-            if is_unlabeled_dict(d)
+            if is_unlabeled(d)
         ]
         self._position = {entry[0]: i for i, entry in enumerate(self._fallback)}
         self.bad = BadFiles(max_listed=max_logged)
@@ -86,8 +86,14 @@ class UnlabeledDatasetMapper:
         image = read_image(out["file_name"], self.image_format)
         # The file's real size wins over the listing's (the file may have been replaced).
         out["height"], out["width"] = int(image.shape[0]), int(image.shape[1])
+        problem = check_geometry(out["height"], out["width"])
+        if problem:  # the file changed since it was listed
+            raise ImageReadError(out["file_name"], problem)
         aug_input = T.AugInput(image)
-        self.augmentations(aug_input)
+        try:
+            self.augmentations(aug_input)
+        except Exception as err:  # e.g. a resize to 0 pixels: name the file, skip it
+            raise ImageReadError(out["file_name"], f"cannot be resized ({type(err).__name__}: {err})") from err
         out["image"] = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
         return out
 
@@ -111,7 +117,7 @@ class UnlabeledDatasetMapper:
             return None
 
     def __call__(self, dataset_dict: Dict) -> Dict:
-        if not is_unlabeled_dict(dataset_dict):
+        if not is_unlabeled(dataset_dict):
             if self.labeled_mapper is None:
                 raise ValueError(
                     f"{dataset_dict.get('file_name')} has annotations: give UnlabeledDatasetMapper "

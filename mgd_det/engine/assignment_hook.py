@@ -27,9 +27,10 @@ from detectron2.utils import comm
 from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
+from mgd_det.cfg_facts import config_seed, per_rank_batch_size
 from mgd_det.data.mapper import FileNamingMapper
-from mgd_det.data.unlabeled import is_unlabeled_dict
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
+from mgd_det.ground_truth import is_unlabeled
 from mgd_det.matching.background_solve import BackgroundSolver, solve_jobs
 
 logger = logging.getLogger(__name__)
@@ -60,6 +61,13 @@ class UpdateSchedule:
             return (completed_iters - self.slow_after) % self.slow_period == 0
         return completed_iters % self.period == 0
 
+    def next_due(self, completed_iters: int) -> int:
+        """The first iteration count after ``completed_iters`` that ends with an update."""
+        for candidate in range(completed_iters + 1, completed_iters + self.period + self.slow_period + 1):
+            if self.due(candidate):
+                return candidate
+        raise AssertionError("unreachable: a period always comes due within period + slow_period")
+
 
 @contextlib.contextmanager
 def preserved_numpy_rng():
@@ -83,10 +91,10 @@ class TrackingBatches:
     def __init__(self, cfg, seed: int):
         dicts = [d for name in cfg.DATASETS.TRAIN for d in DatasetCatalog.get(name)]
         mapper = FileNamingMapper(DatasetMapper(cfg, is_train=False), cfg.DATASETS.TRAIN, cfg.INPUT.FORMAT)
-        if any(is_unlabeled_dict(d) for d in dicts):  # image folders: robust reads, no labels
+        if any(is_unlabeled(d) for d in dicts):  # image folders: robust reads, no labels
             mapper = UnlabeledDatasetMapper(cfg, False, fallback_dicts=dicts, labeled_mapper=mapper)
         self.dataset = MapDataset(DatasetFromList(dicts, copy=False), mapper)
-        self.batch_size = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        self.batch_size = max(1, per_rank_batch_size(cfg, comm.get_world_size()))
         self.seed = seed
 
     def batches(self, num_batches: int, update_index: int) -> Iterable[List[dict]]:
@@ -114,19 +122,25 @@ class PendingUpdate:
 
 
 class MGDAssignmentHook(HookBase):
-    """Recomputes the channel assignments; also reports non-finite features by position."""
+    """Recomputes the channel assignments; when training stops, names the features that went
+    non-finite (the model flags them, see ``MGDDistiller.nonfinite_sources``)."""
 
     def __init__(self, cfg):
         self.cfg = cfg.clone()
         mgd = cfg.MGD.UPDATE
         # The training set is read once, for tracking; the epoch length follows from it.
-        self.tracking = TrackingBatches(cfg, seed=cfg.SEED if cfg.SEED >= 0 else 0)
+        self.tracking = TrackingBatches(cfg, seed=config_seed(cfg, 0))
         period = mgd.PERIOD or epoch_length(len(self.tracking.dataset), cfg.SOLVER.IMS_PER_BATCH)
         self.schedule = UpdateSchedule(period, mgd.SLOW_AFTER, mgd.SLOW_PERIOD)
         self.num_batches = mgd.NUM_BATCHES
         self.log_period = max(1, mgd.LOG_PERIOD)
         self.apply_delay = mgd.APPLY_DELAY
-        self.check_finite_period = cfg.MGD.CHECK_FINITE_PERIOD
+        if self.apply_delay >= period and period < cfg.SOLVER.MAX_ITER:  # PERIOD 0: refused up front otherwise
+            logger.warning(
+                "MGD.UPDATE.APPLY_DELAY (%d) >= the update period (one epoch: %d iterations): each assignment "
+                "is installed when the next update comes due, %d iterations after its tracking; set "
+                "MGD.UPDATE.PERIOD, or an APPLY_DELAY below it", self.apply_delay, period, period,
+            )
         self.num_updates = 0
         self.update_iters: List[int] = []  # iterations (trainer.iter) after which tracking ran
         self.applied_iters: List[int] = []  # iterations after which assignments were installed
@@ -152,15 +166,11 @@ class MGDAssignmentHook(HookBase):
             # Resumed between tracking and installation: solve the saved costs again.
             self.pending.future = self.solver.submit(self.model.distiller.solve_jobs(self.pending.costs))
 
-    def before_step(self):
-        period = self.check_finite_period
-        self.model.check_finite = bool(period) and self.trainer.iter % period == 0
-
     def after_train(self):
         self.solver.close()
         # Runs in the trainer's `finally`: when Detectron2 stopped on a NaN/Inf loss, say
-        # which position (and which net) produced non-finite features. The flags are device
-        # tensors accumulated during the steps; they are only read here, never per step.
+        # which position (and which net) produced non-finite features. The model flags them
+        # on the steps MGD.CHECK_FINITE_PERIOD picks, as device tensors; read only here.
         self._raise_on_nonfinite()
 
     def after_step(self):
@@ -190,11 +200,7 @@ class MGDAssignmentHook(HookBase):
 
     # ------------------------------------------------------------ work
     def _raise_on_nonfinite(self) -> None:
-        report = self.model.nonfinite_report
-        if not report:
-            return
-        flags = torch.stack(list(report.values())).cpu().tolist()
-        bad = [name for name, flag in zip(report, flags) if flag]
+        bad = self.model.nonfinite_sources()
         if bad:
             raise FloatingPointError(
                 f"Non-finite (NaN/Inf) distillation features by iteration {self.trainer.iter} in: "
@@ -233,10 +239,21 @@ class MGDAssignmentHook(HookBase):
             return self._install(solved, costs, at_iter, at_iter, track_seconds)
         host_costs = {key: cost.detach().cpu() for key, cost in costs.items()}
         future = self.solver.submit(distiller.solve_jobs(host_costs)) if self._solving_rank() else None
-        self.pending = PendingUpdate(at_iter + self.apply_delay, at_iter, host_costs, track_seconds, future)
-        logger.info("MGD assignment update %d tracked at iteration %d; installs at iteration %d",
-                    self.num_updates, at_iter, self.pending.apply_at)
+        apply_at = self.install_iteration(at_iter)
+        self.pending = PendingUpdate(apply_at, at_iter, host_costs, track_seconds, future)
+        max_iter = self.trainer.max_iter
+        after_end = (f", after this run's last ({max_iter}, SOLVER.MAX_ITER): only a resumed run that trains "
+                     "longer installs it") if apply_at > max_iter else ""
+        logger.info("MGD assignment update %d tracked at iteration %d; installs at iteration %d%s",
+                    self.num_updates, at_iter, apply_at, after_end)
         return None
+
+    def install_iteration(self, tracked_at: int) -> int:
+        """The iteration count after which an update tracked at ``tracked_at`` is installed:
+        APPLY_DELAY later, or earlier when the next update comes due first (see after_step)."""
+        apply_at = tracked_at + self.apply_delay
+        next_due = self.schedule.next_due(tracked_at)
+        return next_due if next_due < min(apply_at, self.trainer.max_iter) else apply_at
 
     def install_pending(self, completed: int) -> dict:
         """Install the pending update's assignment (waiting for its solve if needed)."""

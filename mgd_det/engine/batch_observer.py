@@ -6,8 +6,9 @@ before the step's forward without copying ``run_step`` (its own comment says so)
 runs inside that ``next()``, after the hooks' ``before_step`` and before the forward, with
 the batch the step is about to use.
 
-Attributes the trainer attached to the loader (``resumable_sampler``) stay reachable through
-the wrapper; iteration order and content are the loader's, unchanged.
+Iteration order and content are the loader's, unchanged. The wrapper forwards nothing else:
+what belongs with the loader (samplers, held-out split) travels in
+:class:`~mgd_det.engine.train_data.TrainData`.
 """
 from typing import Any, Callable, Iterable, Iterator, List
 
@@ -32,9 +33,3 @@ class BatchObserver:
 
     def __len__(self) -> int:
         return len(self.loader)
-
-    def __getattr__(self, name: str):
-        # Only reached for attributes the wrapper lacks (e.g. ``resumable_sampler``, ``dataset``).
-        if name == "loader":  # not set yet (e.g. during unpickling): no recursion
-            raise AttributeError(name)
-        return getattr(self.loader, name)

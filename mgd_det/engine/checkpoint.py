@@ -24,89 +24,36 @@ is a tensor or a Python primitive, so ``torch.load(..., weights_only=True)`` rea
   loads them, missing heads included.
 
 Unreadable files raise :class:`CheckpointLoadError` naming the file; a valid file refused by
-torch's ``weights_only`` is not called corrupt (:class:`UnsafeCheckpointError`).
+torch's ``weights_only`` is not called corrupt (:class:`UnsafeCheckpointError`). The error
+types and their texts are in :mod:`mgd_det.engine.checkpoint_errors`, the recorded MGD
+settings in :mod:`mgd_det.engine.resume_settings`, the RNG / module-EMA snapshots of the
+trainer's state in :mod:`mgd_det.engine.snapshots`.
 """
 import logging
 import os
-import random
 import re
 from typing import Dict, List, Optional, Tuple
 
-import numpy as np
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from fvcore.common.checkpoint import _IncompatibleKeys
 
 from mgd_det.atomic_io import atomic_torch_save, atomic_write_text, remove_stale_temporaries
+from mgd_det.engine import checkpoint_errors as errors
+from mgd_det.engine.checkpoint_errors import LAST_CHECKPOINT, CheckpointLoadError, UnsafeCheckpointError
+from mgd_det.engine.resume_settings import SETTINGS_KEY, changed_settings
 from mgd_det.errors import CheckpointError
-from mgd_det.modeling.checkpoint_files import (  # noqa: F401  (re-exported)
-    DIGEST_KEY,
-    STUDENT_PREFIX,
-    CheckpointLoadError,
-    UnsafeCheckpointError,
-    is_mgd_state,
-    load_failure,
-)
+from mgd_det.modeling.checkpoint_files import DIGEST_KEY, STUDENT_PREFIX, is_mgd_state, load_failure
 from mgd_det.modeling.teacher import IncompatibleWeightsError, incompatibility_problems
 
 logger = logging.getLogger(__name__)
 
-LAST_CHECKPOINT = "last_checkpoint"
-SETTINGS_KEY = "mgd_settings"
 # Keys Detectron2 itself tolerates: pixel statistics come from the config, cell anchors
 # are non-persistent buffers that old checkpoints still carry.
 _TOLERATED_MISSING_SUFFIXES = ("pixel_mean", "pixel_std")
 _TOLERATED_UNEXPECTED_PART = "anchor_generator.cell_anchors"
 # Detectron2's periodic checkpoints: model_0000199.pth ... model_final.pth.
 _RUN_CHECKPOINT = re.compile(r"^model_(\d+|final)\.pth$")
-
-# MGD settings the distillation state depends on: a resume with another value is refused.
-RESUME_FIXED_KEYS = (
-    "MGD.STUDENT_META_ARCHITECTURE", "MGD.POSITIONS", "MGD.PATHWAYS", "MGD.REDUCER",
-    "MGD.STUDENT_NORM", "MGD.NORM_GROUPS", "MGD.ALLOW_CHANNEL_SHARING", "MGD.WEIGHTING",
-    "MGD.KD.ENABLED",
-)
-# MGD settings that may change on resume (logged as a WARNING).
-RESUME_LOGGED_KEYS = (
-    "MGD.FACTORS", "MGD.LOSS_WEIGHT", "MGD.KD.WEIGHT", "MGD.KD.TEMPERATURE", "MGD.UPDATE.PERIOD",
-    "MGD.UPDATE.SLOW_AFTER", "MGD.UPDATE.SLOW_PERIOD", "MGD.UPDATE.NUM_BATCHES", "MGD.UPDATE.APPLY_DELAY",
-    "MGD.UNLABELED.SAMPLING", "MGD.UNLABELED.TEMPERATURE", "MGD.UNLABELED.UNIFORM_SHARE",
-    "MGD.UNLABELED.LABELED_SHARE",
-)
-
-
-class TeacherChangedError(CheckpointError):
-    """Resuming with a teacher file other than the one the checkpoint was trained with."""
-
-
-class CheckpointSaveError(CheckpointError):
-    """A checkpoint could not be written (the previous one is intact)."""
-
-
-class ResumeMismatchError(CheckpointError):
-    """The checkpoint to resume from belongs to another kind of run or other MGD settings."""
-
-
-def _plain(value):
-    """A config value as weights_only-safe primitives (tuples become lists)."""
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    return value
-
-
-def mgd_settings(cfg) -> Dict:
-    """The values of :data:`RESUME_FIXED_KEYS` and :data:`RESUME_LOGGED_KEYS` in ``cfg``."""
-    settings = {}
-    for key in RESUME_FIXED_KEYS + RESUME_LOGGED_KEYS:
-        node = cfg
-        try:
-            for part in key.split("."):
-                node = node[part]
-        except (KeyError, AttributeError):
-            continue
-        settings[key] = _plain(node)
-    return settings
-
 
 def student_state_dict(state: Dict) -> Dict[str, torch.Tensor]:
     """The student's plain state dict from an MGD state dict (prefix stripped, rest dropped)."""
@@ -169,57 +116,6 @@ def raise_if_incompatible(incompatible: _IncompatibleKeys, what: str, filename: 
         )
 
 
-# ---------------------------------------------------------------------------- RNG state
-def rng_state() -> Dict:
-    """The torch, numpy and Python global RNG states, as tensors and primitives only."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    version, py_state, py_gauss = random.getstate()
-    return {
-        "torch": torch.get_rng_state(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": float("nan") if py_gauss is None else float(py_gauss)},
-    }
-
-
-def set_rng_state(state: Dict) -> None:
-    """Inverse of :func:`rng_state`."""
-    torch.set_rng_state(state["torch"])
-    npy = state["numpy"]
-    np.random.set_state(
-        ("MT19937", npy["keys"].numpy().astype(np.uint32), npy["pos"], npy["has_gauss"], npy["gauss"])
-    )
-    py = state["python"]
-    gauss = None if np.isnan(py["gauss"]) else py["gauss"]
-    random.setstate((py["version"], tuple(py["state"].tolist()), gauss))
-
-
-# ---------------------------------------------------------------------------- module EMAs
-# Python attributes (not buffers) that Detectron2 modules update during training, e.g. the
-# EMA of the number of foreground anchors that normalises RetinaNet/FCOS losses. They are
-# missing from state_dict, so a resumed run would restart them from their initial value.
-EMA_ATTRIBUTES = ("loss_normalizer",)
-
-
-def module_ema_state(model) -> Dict[str, float]:
-    """``{"<module>.<attribute>": value}`` for the float EMA attributes set on ``model``."""
-    return {
-        f"{name}.{attr}" if name else attr: float(getattr(module, attr))
-        for name, module in model.named_modules()
-        for attr in EMA_ATTRIBUTES
-        if isinstance(getattr(module, attr, None), (int, float))
-    }
-
-
-def load_module_ema_state(model, state: Dict[str, float]) -> None:
-    modules = dict(model.named_modules())
-    for key, value in state.items():
-        name, _, attr = key.rpartition(".")
-        if name in modules and attr in EMA_ATTRIBUTES:
-            setattr(modules[name], attr, float(value))
-
-
 # ---------------------------------------------------------------------------- checkpointer
 def _split(incompatible: _IncompatibleKeys, student: bool) -> _IncompatibleKeys:
     """The student part (``student.`` keys) or the rest (the distillation state)."""
@@ -244,7 +140,8 @@ class MGDCheckpointer(DetectionCheckpointer):
 
     Args:
         teacher_weights: the current MGD.TEACHER.WEIGHTS, named in error messages.
-        settings: :func:`mgd_settings` of the run's config (saved, and compared on resume).
+        settings: :func:`~mgd_det.engine.resume_settings.mgd_settings` of the run's config
+            (saved, and compared on resume).
     """
 
     def __init__(self, model, save_dir="", *, teacher_weights: str = "", settings: Optional[Dict] = None,
@@ -282,6 +179,9 @@ class MGDCheckpointer(DetectionCheckpointer):
         try:
             os.makedirs(self.save_dir, exist_ok=True)
             atomic_torch_save(data, save_file)
+        except KeyboardInterrupt as interrupt:  # Ctrl-C: said as such (engine/cli.py prints the note)
+            interrupt.add_note(errors.save_interrupted(save_file, self._previous_checkpoint()))
+            raise
         except Exception as err:
             raise self._save_error(save_file, err) from err
         self.tag_last_checkpoint(basename)
@@ -292,28 +192,23 @@ class MGDCheckpointer(DetectionCheckpointer):
         save_file = os.path.join(self.save_dir, LAST_CHECKPOINT)
         try:
             atomic_write_text(save_file, last_filename_basename)
+        except KeyboardInterrupt as interrupt:
+            interrupt.add_note(errors.save_interrupted(save_file, self._previous_checkpoint()))
+            raise
         except Exception as err:
             raise self._save_error(save_file, err) from err
 
-    def _save_error(self, save_file: str, err: BaseException) -> CheckpointSaveError:
-        previous = self.get_checkpoint_file() if self.has_checkpoint() else ""
-        kept = (f"the previous checkpoint {previous} and {LAST_CHECKPOINT} are intact" if previous
-                else "no earlier checkpoint of this run exists")
-        cause = f"{type(err).__name__}: {' '.join(str(err).split())}"
-        return CheckpointSaveError(
-            f"could not save checkpoint {save_file} ({cause}); {kept}: free disk space (or raise "
-            "the file-size limit, or choose another OUTPUT_DIR) and continue with --resume",
-            path=save_file,
-        )
+    def _previous_checkpoint(self) -> str:
+        """The run's last complete checkpoint ("" when there is none)."""
+        return self.get_checkpoint_file() if self.has_checkpoint() else ""
+
+    def _save_error(self, save_file: str, err: BaseException) -> errors.CheckpointSaveError:
+        return errors.save_failed(save_file, err, self._previous_checkpoint())
 
     # ------------------------------------------------------------------ loading
     def load(self, path, *args, **kwargs):
         if path and "://" not in path and not os.path.isfile(path):
-            raise CheckpointLoadError(
-                f"checkpoint {path} not found (MODEL.WEIGHTS, or the {LAST_CHECKPOINT} file of "
-                f"{self.save_dir or 'OUTPUT_DIR'}): check the path, or leave MODEL.WEIGHTS empty to "
-                "start from scratch", path=path,
-            )
+            raise errors.weights_not_found(path, self.save_dir)
         try:
             return super().load(path, *args, **kwargs)
         finally:
@@ -414,23 +309,13 @@ class MGDCheckpointer(DetectionCheckpointer):
         state = checkpoint["model"]
         if not isinstance(self.model, MGDDistiller):
             if is_mgd_state(state):
-                raise ResumeMismatchError(
-                    f"checkpoint {self._filename} is an MGD checkpoint (a student with its distillation "
-                    "state) but this config builds a plain detector: use the MGD config it was trained "
-                    f"with, or export its student (python tools/export_student.py {self._filename} "
-                    "student.pth) and load that", path=self._filename,
-                )
+                raise errors.mgd_checkpoint_for_plain_model(self._filename)
             return super()._load_model(checkpoint)
         for key in [k for k in state if k.startswith("module.")]:  # saved from a DDP model
             state[key[len("module."):]] = state.pop(key)
         if not is_mgd_state(state):
             if self._resuming:
-                raise ResumeMismatchError(
-                    f"cannot resume this MGD run from {self._filename}: it is a plain detector checkpoint "
-                    "(no 'student.' keys), e.g. written by a plain run into the same OUTPUT_DIR: start the "
-                    f"MGD run in a fresh OUTPUT_DIR, with MODEL.WEIGHTS {self._filename} (no --resume) to "
-                    "start from this detector", path=self._filename,
-                )
+                raise errors.plain_checkpoint_on_mgd_resume(self._filename)
             return self._load_plain_into_student(checkpoint)
         if self._resuming:
             self._check_settings(checkpoint.get(SETTINGS_KEY))
@@ -445,14 +330,7 @@ class MGDCheckpointer(DetectionCheckpointer):
         distill_problems = incompatibility_problems(_split(incompatible, student=False))
         if distill_problems:
             if self._resuming:
-                raise ResumeMismatchError(
-                    f"checkpoint {self._filename} was trained with a different MGD.REDUCER / pathways "
-                    "(MGD.POSITIONS, MGD.PATHWAYS, MGD.STUDENT_NORM): its distillation state does not fit "
-                    f"({'; '.join(distill_problems)}). Nothing was loaded: resume with the settings it "
-                    f"was trained with (see {os.path.join(self.save_dir, 'config.yaml')}), or start a "
-                    f"fresh OUTPUT_DIR with MODEL.WEIGHTS {self._filename} to continue with the new ones",
-                    path=self._filename,
-                )
+                raise errors.distillation_state_mismatch(self._filename, distill_problems, self.save_dir)
             logger.warning(
                 "Checkpoint %s was trained with other MGD settings (distillation state: %s): loading "
                 "its student only; the distillation branch starts fresh.", self._filename, "; ".join(distill_problems),
@@ -470,15 +348,9 @@ class MGDCheckpointer(DetectionCheckpointer):
         """Name the MGD settings that changed since the checkpoint was written."""
         if not saved or self.settings is None:
             return
-        changed = [(k, saved[k], self.settings[k]) for k in self.settings if k in saved and saved[k] != self.settings[k]]
-        fixed = [c for c in changed if c[0] in RESUME_FIXED_KEYS]
+        fixed, changed = changed_settings(saved, self.settings)
         if fixed:
-            listed = ", ".join(f"{k} {a!r} (now {b!r})" for k, a, b in fixed)
-            raise ResumeMismatchError(
-                f"checkpoint {self._filename} was trained with {listed}: resume with the settings it was "
-                "trained with, or start a fresh OUTPUT_DIR with MODEL.WEIGHTS "
-                f"{self._filename} (no --resume) to continue with the new ones", path=self._filename,
-            )
+            raise errors.fixed_settings_changed(self._filename, fixed)
         if changed:
             logger.warning("Resuming with changed settings: %s",
                            ", ".join(f"{k} {a!r} -> {b!r}" for k, a, b in changed))
@@ -518,14 +390,7 @@ class MGDCheckpointer(DetectionCheckpointer):
             return False
         saved_hex, current_hex = bytes(saved.tolist()).hex(), self.model.teacher_digest()
         if self._resuming:
-            raise TeacherChangedError(
-                f"Cannot resume from {self._filename}: it was trained with a teacher whose weights "
-                f"file has SHA-256 {saved_hex}, but the current teacher file "
-                f"{self.teacher_weights or '(MGD.TEACHER.WEIGHTS)'} has SHA-256 {current_hex}. "
-                "The teacher changed since the run started. Restore the original teacher file, "
-                "or start a new run in a fresh OUTPUT_DIR with MODEL.WEIGHTS pointing at this "
-                "checkpoint (without --resume) to distil from the new teacher."
-            )
+            raise errors.teacher_changed(self._filename, saved_hex, current_hex, self.teacher_weights)
         logger.warning(
             "Checkpoint %s was trained with another teacher (SHA-256 %s, now %s): keeping its "
             "student and distillation branch, recomputing the assignments for the new teacher.",

@@ -19,6 +19,11 @@ Pieces, used by ``tools/train_net.py`` and ``tools/export_student.py``:
   ``ProcessRaisedException`` text, so the line is printed once, by the parent;
 - :func:`install_excepthook` prints the line for anticipated errors that end the program.
 
+A Ctrl-C (KeyboardInterrupt) is reported the same way, as an interruption, never as a
+failure: ``ERROR: interrupted (Ctrl-C) ...`` naming the last complete checkpoint (or the
+save it stopped, whose partial file is removed); the process then ends by SIGINT (exit status
+130), :func:`run_cli` returns 130.
+
 ``MGD_TRACEBACK=1`` in the environment prints tracebacks on the terminal as well.
 """
 import functools
@@ -26,9 +31,11 @@ import logging
 import os
 import re
 import sys
+import threading
 import traceback
 from typing import Callable, List, Optional, Pattern, Tuple
 
+from mgd_det.engine.log_files import guard_log_files, log_write_failure
 from mgd_det.errors import MGDUserError
 
 logger = logging.getLogger(__name__)
@@ -37,6 +44,7 @@ logger = logging.getLogger(__name__)
 FILE_ONLY = "mgd_file_only"
 LOGGERS = ("detectron2", "fvcore", "mgd_det")
 _REPORTED_MARK = "ReportedError: "
+INTERRUPTED_EXIT = 130  # 128 + SIGINT: the shell's status of a process ended by Ctrl-C
 _LOGGED = "_mgd_logged"
 
 
@@ -106,8 +114,33 @@ def _os_error_line(exc: OSError) -> Optional[str]:
     return None
 
 
+def _earlier_user_error(exc: BaseException) -> Optional[MGDUserError]:
+    """The first anticipated error that ``exc`` was raised while handling, if any."""
+    found, seen = None, set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        seen.add(id(context))
+        if isinstance(context, MGDUserError):
+            found = context
+        context = context.__context__
+    return found
+
+
 def error_line(exc: BaseException) -> Optional[str]:
-    """The one terminal line for an anticipated error, or None for a bug."""
+    """The one terminal line for an anticipated error, or None for a bug.
+
+    An anticipated error raised while another one was handled (e.g. a full disk: the
+    checkpoint save fails, then Detectron2's writers fail to flush at the end of training)
+    reports the first: it is the cause, and says what was kept."""
+    line = _error_line(exc)
+    if line is not None and not isinstance(exc, (MGDUserError, ReportedError)):
+        earlier = _earlier_user_error(exc)
+        if earlier is not None:
+            return _error_line(earlier)
+    return line
+
+
+def _error_line(exc: BaseException) -> Optional[str]:
     if isinstance(exc, ReportedError):
         return str(exc)
     if isinstance(exc, MGDUserError):
@@ -163,6 +196,8 @@ def log_file(name: str = "mgd_det") -> Optional[str]:
 
 def log_traceback(exc: BaseException, line: str) -> Optional[str]:
     """Write ``exc``'s traceback to the log file only; returns the file (None if no log yet)."""
+    if log_write_failure() is not None:  # the log file is incomplete: do not point at it
+        return None
     if getattr(exc, _LOGGED, False):
         return log_file()
     path = log_file()
@@ -208,6 +243,7 @@ def quiet_default_setup(cfg, args) -> None:
         for handler in d2_logger.handlers:
             handler.removeFilter(quiet)
     install_console_filter()
+    guard_log_files(LOGGERS, _is_console)
     if comm.is_main_process() and output_dir:
         logging.getLogger("mgd_det").info(
             "Full config and environment: %s; config saved to %s",
@@ -262,9 +298,33 @@ def print_error_line(line: str, log_path: Optional[str] = None) -> None:
     sys.stderr.flush()
 
 
+def interrupt_line(exc: KeyboardInterrupt) -> str:
+    """The line for a Ctrl-C (SIGINT): the note of the save it stopped (see
+    ``MGDCheckpointer.save``), else where the last complete checkpoint is."""
+    notes = getattr(exc, "__notes__", None) or []
+    if notes:
+        return _collapse(notes[-1])
+    path = log_file()
+    folder = os.path.dirname(path) if path else ""
+    last = os.path.join(folder, "last_checkpoint") if folder else ""
+    try:
+        with open(last, "r", encoding="utf-8") as f:
+            name = f.read().strip()
+    except OSError:
+        name = ""
+    if name:
+        return (f"interrupted (Ctrl-C): the last complete checkpoint {os.path.join(folder, name)} is kept: "
+                "continue with --resume")
+    return "interrupted (Ctrl-C)" + (f": no checkpoint was saved in {folder} yet" if folder else "")
+
+
 def excepthook(exc_type, exc, tb) -> None:
-    """``sys.excepthook``: one line for anticipated errors, the usual traceback otherwise."""
-    line = error_line(exc) if isinstance(exc, Exception) else None
+    """``sys.excepthook``: one line for anticipated errors and Ctrl-C, the usual traceback
+    otherwise. After a Ctrl-C Python still ends the process by SIGINT (exit status 130)."""
+    if isinstance(exc, KeyboardInterrupt):
+        line = interrupt_line(exc)
+    else:
+        line = error_line(exc) if isinstance(exc, Exception) else None
     if line is None:
         sys.__excepthook__(exc_type, exc, tb)
         return
@@ -273,15 +333,39 @@ def excepthook(exc_type, exc, tb) -> None:
     print_error_line(line, log_traceback(exc, line))
 
 
+def thread_excepthook(args) -> None:
+    """``threading.excepthook``: a helper thread that dies of an anticipated error (e.g.
+    TensorBoard's event writer on a full disk) costs one WARNING line, its traceback goes to
+    the log file; the main thread's own ERROR line follows. Other errors keep their traceback."""
+    exc = args.exc_value
+    line = error_line(exc) if isinstance(exc, Exception) else None
+    if line is None:
+        threading.__excepthook__(args)
+        return
+    log_traceback(exc, line)
+    sys.stdout.flush()
+    name = getattr(args.thread, "name", "a helper thread")
+    sys.stderr.write(f"WARNING: {name} stopped: {line}\n")
+    sys.stderr.flush()
+
+
 def install_excepthook() -> None:
+    """One line for anticipated errors: of the program (:func:`excepthook`) and of its
+    helper threads (:func:`thread_excepthook`)."""
     sys.excepthook = excepthook
+    threading.excepthook = thread_excepthook
 
 
 def run_cli(main: Callable, *args) -> int:
-    """``main(*args)`` with the command-line treatment; returns the exit code (0, or 1 after
-    printing the line of an anticipated error). For in-process callers such as tests."""
+    """``main(*args)`` with the command-line treatment; returns the exit code (0, 1 after
+    printing the line of an anticipated error, :data:`INTERRUPTED_EXIT` after a Ctrl-C). For
+    tools and in-process callers such as tests."""
     try:
         main(*args)
+    except KeyboardInterrupt as exc:
+        line = interrupt_line(exc)
+        print_error_line(line, log_traceback(exc, line))
+        return INTERRUPTED_EXIT
     except Exception as exc:  # noqa: BLE001 -- re-raised below unless anticipated
         line = error_line(exc)
         if line is None:

@@ -19,14 +19,24 @@ Learned mode, per run:
   (Detectron2 counts that time as the step's ``data_time``.)
 - Held-out batches: a seeded share of the training set, excluded from the training stream
   (:mod:`mgd_det.engine.heldout`).
-- What the meta-step's extra forwards would change is put back: parameters, buffers and the
-  RNG (the core does that), plus what it cannot see -- the detectors' Python-attribute EMAs
-  (RetinaNet's loss normaliser), the finiteness flags of the assignment hook, and the
-  heads' own scalars (they go to a scratch ``EventStorage``). So a run's training stream does
+- What the meta-step's extra forwards would change is put back: parameters, buffers, the
+  RNG and every module's plain attributes -- e.g. RetinaNet's loss-normaliser EMA, deleted
+  again when the meta-step at iteration 0 created it (the core does that, before each of its
+  forwards too) -- and the heads' own scalars (they go to a scratch ``EventStorage``). Its
+  forwards (``split_losses``) do not check features for NaN/Inf, so the finiteness report
+  covers the training steps only. So a run's training stream does
   not depend on anything but the weights the meta-step chose.
-- Logged per meta-step to EventStorage (TensorBoard, metrics.json): ``distpro/weight_<pathway>``,
-  ``distpro/hypergradient_norm``, ``distpro/heldout_loss`` (after the virtual step),
-  ``distpro/seconds``. The trajectory (the weights after every meta-step) is written to
+- The virtual step clips gradients as SOLVER.CLIP_GRADIENTS makes the student's optimizer do
+  (:mod:`mgd_det.matching.distpro.clipping`).
+- A meta-step whose held-out loss (or hypergradient) is not finite is skipped: the weights
+  and their Adam state stay as they were; a WARNING names the iteration.
+- Logged at every meta-step to EventStorage and written out before the next one (the file
+  writers are flushed at the start of the following iteration, so metrics.json and TensorBoard
+  hold every meta-step, iteration 0 included): ``distpro/weight_<pathway>``,
+  ``distpro/hypergradient_<pathway>``, ``distpro/hypergradient_norm``, ``distpro/heldout_loss``
+  (after the virtual step; these three not for a skipped step), ``distpro/skipped_steps``
+  (running count) and ``distpro/seconds``. The trajectory (the weights after every meta-step,
+  with the reference weights, SOLVER.MAX_ITER and PERIOD a replay needs) is written to
   ``OUTPUT_DIR/distpro_trajectory.json`` at every checkpoint period and when training ends
   (atomically; ``tools/plot_weights.py`` plots it, ``"replay"`` replays it).
 - Checkpoint: the hook's state (``trainer.state_dict()["hooks"]["DistProHook"]``) holds the
@@ -37,23 +47,28 @@ Learned mode, per run:
 
 Replay mode: ``ReplayHook`` sets the iteration of the
 :class:`~mgd_det.matching.distpro.ReplayWeighting` before every step; no meta-step, no split.
+The replayed weights are relative to this run's reference (factor x MGD.LOSS_WEIGHT) and
+stretched from the recorded schedule (``mgd_det.modeling.weighting.replay``).
 """
 import contextlib
 import logging
 import os
 import time
-from typing import Iterator, List, Sequence, Tuple
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
-from detectron2.engine import HookBase
+from detectron2.engine import HookBase, hooks
 from detectron2.utils import comm
-from detectron2.utils.events import EventStorage, get_event_storage
+from detectron2.utils.events import CommonMetricPrinter, EventStorage, get_event_storage
 
+from mgd_det.cfg_facts import config_seed, is_mgd
 from mgd_det.engine.batch_observer import BatchObserver
-from mgd_det.engine.checkpoint import load_module_ema_state, module_ema_state
 from mgd_det.engine.heldout import HeldOutBatches, split_heldout
+from mgd_det.engine.train_data import TrainData
 from mgd_det.errors import CheckpointError, ConfigError
 from mgd_det.matching.distpro import (
+    AttributeSnapshot,
+    GradientClipping,
     LearnedWeighting,
     MetaWeightStep,
     ReplayWeighting,
@@ -70,7 +85,7 @@ SCALAR_PREFIX = "distpro/"
 
 def distpro_mode(cfg) -> str:
     """"learned", "replay" or "" (no DistPro: constant weights or no MGD at all)."""
-    if cfg.MODEL.META_ARCHITECTURE != "MGDDistiller":
+    if not is_mgd(cfg):
         return ""
     return cfg.MGD.WEIGHTING if cfg.MGD.WEIGHTING in (LEARNED, REPLAY) else ""
 
@@ -78,7 +93,7 @@ def distpro_mode(cfg) -> str:
 def split_seed(cfg) -> int:
     """Seed of the held-out split and order: SEED, or 0 when SEED is random (-1), so that a
     resumed run and every rank cut the same split."""
-    return cfg.SEED if cfg.SEED >= 0 else 0
+    return config_seed(cfg, 0)
 
 
 def training_split(cfg, dicts: Sequence[dict]) -> Tuple[List[dict], List[dict]]:
@@ -88,9 +103,10 @@ def training_split(cfg, dicts: Sequence[dict]) -> Tuple[List[dict], List[dict]]:
     return split_heldout(dicts, cfg.MGD.DISTPRO.HELDOUT_FRACTION, split_seed(cfg))
 
 
-def wrap_train_loader(cfg, loader):
-    """The training loader, observable by the DistPro hook in learned mode (else unchanged)."""
-    return BatchObserver(loader) if distpro_mode(cfg) == LEARNED else loader
+def wrap_train_data(cfg, data: TrainData) -> TrainData:
+    """The training data, its loader observable by the DistPro hook in learned mode (else
+    unchanged)."""
+    return data.with_loader(BatchObserver(data.loader)) if distpro_mode(cfg) == LEARNED else data
 
 
 def weighting_params(model) -> List[torch.nn.Parameter]:
@@ -113,33 +129,57 @@ def exclude_weighting_params(optimizer: torch.optim.Optimizer, model) -> torch.o
     return optimizer
 
 
-def build_distpro_hooks(cfg, trainer) -> List[HookBase]:
-    """The hooks of ``cfg``'s DistPro mode for ``trainer`` (an MGDTrainer); [] without DistPro."""
+def build_distpro_hooks(cfg, model, optimizer, data: TrainData) -> List[HookBase]:
+    """The hooks of ``cfg``'s DistPro mode; [] without DistPro.
+
+    ``model``: the unwrapped MGDDistiller; ``optimizer``: the student's; ``data``: the
+    training data (from :func:`wrap_train_data`: its held-out dicts and observed loader).
+    """
     mode = distpro_mode(cfg)
     if not mode:
         return []
-    weighting = trainer.unwrapped_model.distiller.weighting
+    weighting = model.distiller.weighting
     if mode == REPLAY:
         return [ReplayHook(weighting, cfg.MGD.DISTPRO.PERIOD)]
-    loader = trainer.data_loader
-    if not isinstance(loader, BatchObserver):
-        raise RuntimeError("DistPro needs the training loader wrapped by wrap_train_loader (MGDTrainer does it)")
-    heldout = getattr(loader, "heldout_dicts", None)
-    if heldout is None:  # a loader not built by MGDTrainer.build_train_loader, e.g. unlabeled folders
+    if not isinstance(data.loader, BatchObserver):
+        raise RuntimeError("DistPro needs the training loader wrapped by wrap_train_data (MGDTrainer does it)")
+    heldout = data.heldout_dicts
+    if heldout is None:  # a loader without a held-out split, e.g. unlabeled folders
         raise ConfigError(
             f"MGD.WEIGHTING 'learned' needs labeled training sets only (DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} "
             "includes unlabeled image folders, whose loader has no held-out split): use MGD.WEIGHTING "
             "'constant' or 'replay' for label-free and mixed training", key="MGD.WEIGHTING",
         )
-    return [DistProHook(cfg, trainer.unwrapped_model, trainer.optimizer, heldout, loader)]
+    return [DistProHook(cfg, model, optimizer, heldout, data.loader)]
 
 
 # ---------------------------------------------------------------------------- learned
-class TrajectoryRecord:
-    """The weights after every meta-step, as host lists; tensors in ``state_dict``."""
+def gradient_clipping(cfg) -> Optional[GradientClipping]:
+    """SOLVER.CLIP_GRADIENTS (what the student's optimizer applies) for the virtual step."""
+    clip = cfg.SOLVER.CLIP_GRADIENTS
+    if not clip.ENABLED:
+        return None
+    return GradientClipping(clip.CLIP_TYPE, float(clip.CLIP_VALUE), float(clip.NORM_TYPE))
 
-    def __init__(self, names: Sequence[str]):
+
+def file_writers(trainer) -> List:
+    """The trainer's metrics.json / TensorBoard writers (its PeriodicWriter's, main process
+    only), not the console printer."""
+    return [writer for hook in trainer._hooks if isinstance(hook, hooks.PeriodicWriter)
+            for writer in hook._writers if not isinstance(writer, CommonMetricPrinter)]
+
+
+class TrajectoryRecord:
+    """The weights after every meta-step, as host lists; tensors in ``state_dict``. The run's
+    reference weights, schedule length and PERIOD go into the trajectory file with them (what a
+    replay needs to transfer it, :mod:`mgd_det.matching.distpro.trajectory`): the weighting's
+    reference (the checkpoint's after a resume) and this run's SOLVER.MAX_ITER and PERIOD."""
+
+    def __init__(self, names: Sequence[str], reference: Sequence[float] = None, source_iters: int = None,
+                 period: int = None):
         self.names = tuple(names)
+        self.metadata = {"reference": None if reference is None else tuple(map(float, reference)),
+                         "source_iters": source_iters, "period": period}
         self.iterations: List[int] = []
         self.weights: List[List[float]] = []
 
@@ -151,7 +191,7 @@ class TrajectoryRecord:
         return len(self.iterations)
 
     def trajectory(self) -> Trajectory:
-        return Trajectory(self.names, tuple(self.iterations), tuple(map(tuple, self.weights)))
+        return Trajectory(self.names, tuple(self.iterations), tuple(map(tuple, self.weights)), **self.metadata)
 
     def state_dict(self) -> dict:
         return {
@@ -168,17 +208,14 @@ class TrajectoryRecord:
 def meta_step_scope(model, logits: torch.nn.Parameter, iteration: int) -> Iterator[None]:
     """Undo what the meta-step's forwards change and the core does not restore (see the module
     doc), and unfreeze the logits for the duration (the hypergradient is taken w.r.t. them)."""
-    ema = module_ema_state(model)
-    check_finite = getattr(model, "check_finite", False)
-    model.check_finite = False
+    attributes = AttributeSnapshot(model)  # e.g. loss_normalizer, also when the meta-step creates it
     logits.requires_grad_(True)
     try:
         with EventStorage(iteration):  # scratch: the heads' scalars stay out of the run's logs
             yield
     finally:
         logits.requires_grad_(False)
-        model.check_finite = check_finite
-        load_module_ema_state(model, ema)
+        attributes.restore()
 
 
 class DistProHook(HookBase):
@@ -203,10 +240,13 @@ class DistProHook(HookBase):
             model, self._train_losses, weighting, lr=distpro.LR, virtual_lr=distpro.VIRTUAL_LR or None,
             student_optimizer=student_optimizer, fd_radius=distpro.FD_RADIUS,
             compute_heldout_losses=self._heldout_losses, measure_heldout_before=False,
+            clipping=gradient_clipping(cfg),
         )
         self.heldout = HeldOutBatches(cfg, heldout_dicts, seed=split_seed(cfg))
-        self.record = TrajectoryRecord(weighting.names)
+        self.record = TrajectoryRecord(weighting.names, weighting.reference.tolist(), cfg.SOLVER.MAX_ITER, self.period)
         self.num_meta_steps = 0
+        self.num_skipped = 0  # meta-steps skipped for a non-finite loss or hypergradient
+        self._flush_writers = False  # a meta-step's scalars wait for the writers (before_step)
         self.trajectory_file = os.path.join(cfg.OUTPUT_DIR, TRAJECTORY_FILE)
         self.checkpoint_period = cfg.SOLVER.CHECKPOINT_PERIOD
         self._loaded = False
@@ -241,6 +281,13 @@ class DistProHook(HookBase):
             finally:
                 self._teacher = None
         self.num_meta_steps += 1
+        if stats.skipped:
+            self.num_skipped += 1
+            logger.warning(
+                "DistPro meta-step at iteration %d skipped: non-finite held-out loss (%s) or hypergradient; "
+                "the weights and their Adam state are unchanged (%d of %d meta-steps skipped so far)",
+                iteration, stats.heldout_after, self.num_skipped, self.num_meta_steps,
+            )
         self.record.append(iteration, [stats.weights[n] for n in self.weighting.names])
         self._log(stats, iteration, time.perf_counter() - start)
         return stats
@@ -249,9 +296,14 @@ class DistProHook(HookBase):
         storage = get_event_storage()
         for name, weight in stats.weights.items():
             storage.put_scalar(f"{SCALAR_PREFIX}weight_{name}", weight, smoothing_hint=False)
-        storage.put_scalar(f"{SCALAR_PREFIX}hypergradient_norm", stats.hypergradient_norm, smoothing_hint=False)
-        storage.put_scalar(f"{SCALAR_PREFIX}heldout_loss", stats.heldout_after, smoothing_hint=False)
+        if not stats.skipped:
+            for name, value in stats.hypergradient.items():
+                storage.put_scalar(f"{SCALAR_PREFIX}hypergradient_{name}", value, smoothing_hint=False)
+            storage.put_scalar(f"{SCALAR_PREFIX}hypergradient_norm", stats.hypergradient_norm, smoothing_hint=False)
+            storage.put_scalar(f"{SCALAR_PREFIX}heldout_loss", stats.heldout_after, smoothing_hint=False)
+        storage.put_scalar(f"{SCALAR_PREFIX}skipped_steps", self.num_skipped, smoothing_hint=False)
         storage.put_scalar(f"{SCALAR_PREFIX}seconds", seconds, smoothing_hint=False)
+        self._flush_writers = True
         logger.info(
             "DistPro meta-step %d at iteration %d (%.2fs): held-out loss %.4f, |hypergradient| %.3g, weights %s",
             self.num_meta_steps, iteration, seconds, stats.heldout_after, stats.hypergradient_norm,
@@ -267,6 +319,16 @@ class DistProHook(HookBase):
                 "resume with the weighting it was trained with, or start a fresh OUTPUT_DIR"
             )
 
+    def before_step(self):
+        # Detectron2's writers keep only each scalar's latest value between their writes (every
+        # 20 iterations): a meta-step's scalars reach metrics.json / TensorBoard only if written
+        # before the next meta-step. Flush the file writers once its iteration is over (all of
+        # that iteration's scalars, the losses and evaluation included, are in by now).
+        if self._flush_writers:
+            self._flush_writers = False
+            for writer in file_writers(self.trainer):
+                writer.write()
+
     def after_step(self):
         if self.checkpoint_period and (self.trainer.iter + 1) % self.checkpoint_period == 0:
             self.export_trajectory()
@@ -280,11 +342,14 @@ class DistProHook(HookBase):
             save_trajectory(self.record.trajectory(), self.trajectory_file)
 
     def state_dict(self):
-        return {"meta": self.meta.state_dict(), "num_meta_steps": self.num_meta_steps, **self.record.state_dict()}
+        return {"meta": self.meta.state_dict(), "num_meta_steps": self.num_meta_steps, "num_skipped": self.num_skipped,
+                **self.record.state_dict()}
 
     def load_state_dict(self, state_dict):
         self.meta.load_state_dict(state_dict["meta"])
+        self.record.metadata["reference"] = tuple(self.weighting.reference.tolist())  # the checkpoint's
         self.num_meta_steps = int(state_dict["num_meta_steps"])
+        self.num_skipped = int(state_dict.get("num_skipped", 0))  # absent from older checkpoints
         self.record.load_state_dict(state_dict)
         self._loaded = True
 

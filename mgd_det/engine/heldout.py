@@ -3,8 +3,8 @@
 The meta-step measures the student's task loss on held-out images; they must come from the
 training distribution but not from the evaluation set (that would tune the weights on the
 test). :func:`split_heldout` cuts a seeded, deterministic share of the training data set
-dicts; ``MGDTrainer.build_train_loader`` trains on the rest and attaches the held-out dicts
-to the loader (``loader.heldout_dicts``), where the DistPro hook picks them up.
+dicts; ``MGDTrainer.build_train_data`` trains on the rest and returns the held-out dicts
+with the loader (``TrainData.heldout_dicts``), which the trainer hands to the DistPro hook.
 
 :class:`HeldOutBatches` draws the held-out batches:
 
@@ -28,8 +28,10 @@ from detectron2.data import DatasetFromList, DatasetMapper, MapDataset
 from detectron2.data import detection_utils
 from detectron2.utils import comm
 
+from mgd_det.cfg_facts import per_rank_batch_size
 from mgd_det.engine.assignment_hook import TrackingBatches
 from mgd_det.errors import ConfigError
+from mgd_det.ground_truth import is_unlabeled
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +47,7 @@ def split_heldout(dicts: Sequence[dict], fraction: float, seed: int) -> Tuple[Li
     ConfigError (naming MGD.DISTPRO.HELDOUT_FRACTION) when the share holds no image, or
     every labeled image.
     """
-    labeled = [i for i, d in enumerate(dicts) if "annotations" in d]
+    labeled = [i for i, d in enumerate(dicts) if not is_unlabeled(d)]
     count = int(round(fraction * len(labeled)))
     if count < 1:
         need = 1.0 / len(labeled) if labeled else float("inf")
@@ -89,7 +91,7 @@ class HeldOutBatches(TrackingBatches):
         if not dicts:
             raise ValueError("HeldOutBatches: no held-out images")
         self.dataset = MapDataset(DatasetFromList(list(dicts), copy=False), heldout_mapper(cfg))
-        self.batch_size = max(1, cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size())
+        self.batch_size = max(1, per_rank_batch_size(cfg, comm.get_world_size()))
         self.seed = seed + _ORDER_SALT
 
     def batch(self, index: int) -> List[dict]:

@@ -3,6 +3,8 @@
 On top of ``DefaultTrainer``: COCO evaluation, data sets generated on demand, the MGD
 assignment hook, and what long multi-process runs need:
 
+- the training data as one value (:class:`~mgd_det.engine.train_data.TrainData`: loader,
+  samplers, held-out split), handed to the hooks that need more than the batches;
 - exact resume: the training sampler skips what the interrupted run already consumed, the
   sampler seed and the global RNG states (torch, numpy, Python) are part of the trainer's
   checkpointed state, and the data loader draws its worker seed from its own generator (a
@@ -32,41 +34,28 @@ from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
-from mgd_det.config_checks import validate_mgd_config
+from mgd_det.cfg_facts import config_seed, detector_meta_architecture, is_mgd, per_rank_batch_size
+from mgd_det.config_checks import validate_once
 from mgd_det.data import coco_json
 from mgd_det.data.datasets import ensure_dataset_ready, register_config_datasets
 from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.engine.assignment_hook import MGDAssignmentHook, unwrap_model
-from mgd_det.engine.unlabeled_training import (
-    build_sampling_stats_hook,
-    build_unlabeled_train_loader,
-    pool_sampler_state,
-    unlabeled_train_sets,
-)
-from mgd_det.engine.distpro import build_distpro_hooks, exclude_weighting_params, training_split, wrap_train_loader
-from mgd_det.engine.checkpoint import (
-    MGDCheckpointer,
-    load_module_ema_state,
-    mgd_settings,
-    module_ema_state,
-    rng_state,
-    set_rng_state,
-)
+from mgd_det.engine.unlabeled_training import build_sampling_stats_hook, build_unlabeled_train_data, unlabeled_train_sets
+from mgd_det.engine.distpro import build_distpro_hooks, exclude_weighting_params, training_split, wrap_train_data
+from mgd_det.engine.checkpoint import MGDCheckpointer
+from mgd_det.engine.resume_settings import mgd_settings
+from mgd_det.engine.snapshots import load_module_ema_state, module_ema_state, rng_state, set_rng_state
+from mgd_det.engine.train_data import TrainData
 from mgd_det.errors import ConfigError
 from mgd_det.modeling.teacher import CLASS_COUNT_KEYS
 
 logger = logging.getLogger(__name__)
 
 
-def is_mgd(cfg) -> bool:
-    return cfg.MODEL.META_ARCHITECTURE == "MGDDistiller"
-
-
 def class_count_key(cfg):
     """The config key holding the number of classes of the (student) detector, if known."""
-    arch = cfg.MGD.STUDENT_META_ARCHITECTURE if is_mgd(cfg) else cfg.MODEL.META_ARCHITECTURE
-    return CLASS_COUNT_KEYS.get(arch)
+    return CLASS_COUNT_KEYS.get(detector_meta_architecture(cfg))
 
 
 def check_class_count(cfg, dataset_names) -> None:
@@ -110,22 +99,19 @@ class MGDTrainer(DefaultTrainer):
         TrainerBase.__init__(self)
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
-        validate_mgd_config(cfg)
-        register_config_datasets(cfg)
+        if validate_once(cfg):  # else tools/train_net.py's setup validated it and registered its data
+            register_config_datasets(cfg)
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         # Image folders in DATASETS.TRAIN: label-free or mixed training (unlabeled_training.py).
         if unlabeled_train_sets(cfg):
-            data_loader = build_unlabeled_train_loader(cfg, model)
+            data = build_unlabeled_train_data(cfg, model)
         else:
-            data_loader = self.build_train_loader(cfg)
-        self.train_sampler = getattr(data_loader, "resumable_sampler", None)
-        self.pool_sampler = getattr(data_loader, "pool_sampler", None)
-        self._pool = (getattr(data_loader, "pool_names", []), getattr(data_loader, "pool_dicts", None))
-        data_loader = wrap_train_loader(cfg, data_loader)  # DistPro observes the batches
+            data = self.build_train_data(cfg)
+        self.train_data = wrap_train_data(cfg, data)  # DistPro observes the batches
         model = create_ddp_model(cfg, model)
-        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, data_loader, optimizer)
+        self._trainer = (AMPTrainer if cfg.SOLVER.AMP.ENABLED else SimpleTrainer)(model, self.train_data.loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
         self.checkpointer = MGDCheckpointer(
             model,
@@ -145,8 +131,13 @@ class MGDTrainer(DefaultTrainer):
     # ------------------------------------------------------------------ data
     @classmethod
     def build_train_loader(cls, cfg):
-        """Detectron2's train loader, with a :class:`ResumableTrainingSampler` (attached to
-        the loader as ``resumable_sampler``) when DATALOADER.SAMPLER_TRAIN is the default
+        """The loader of :meth:`build_train_data` (Detectron2's entry point)."""
+        return cls.build_train_data(cfg).loader
+
+    @classmethod
+    def build_train_data(cls, cfg) -> TrainData:
+        """Detectron2's train loader, with a :class:`ResumableTrainingSampler` (the data's
+        ``sampler``) and DistPro's held-out split when DATALOADER.SAMPLER_TRAIN is the default
         "TrainingSampler"; Detectron2 builds the other samplers, whose order restarts on
         resume."""
         for name in cfg.DATASETS.TRAIN:
@@ -159,7 +150,7 @@ class MGDTrainer(DefaultTrainer):
             )
             loader = build_detection_train_loader(cfg, mapper=mapper)
             check_class_count(cfg, cfg.DATASETS.TRAIN)
-            return loader
+            return TrainData(loader)
         dataset = get_detection_dataset_dicts(
             cfg.DATASETS.TRAIN,
             filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
@@ -168,12 +159,10 @@ class MGDTrainer(DefaultTrainer):
         )
         check_class_count(cfg, cfg.DATASETS.TRAIN)
         dataset, heldout = training_split(cfg, dataset)  # DistPro's held-out share, never trained on
-        sampler = ResumableTrainingSampler(len(dataset), seed=cfg.SEED if cfg.SEED >= 0 else None)
+        sampler = ResumableTrainingSampler(len(dataset), seed=config_seed(cfg, None))
         # seed: the loader's own generator, so a new iterator draws nothing from the global RNG.
         loader = build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, seed=sampler.seed, mapper=mapper)
-        loader.resumable_sampler = sampler
-        loader.heldout_dicts = heldout
-        return loader
+        return TrainData(loader, sampler=sampler, heldout_dicts=heldout)
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
@@ -207,26 +196,18 @@ class MGDTrainer(DefaultTrainer):
         self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
         if resume and self.checkpointer.resumed_from:
             self.start_iter = self.iter + 1
-        if self.train_sampler is not None:
-            images_per_rank = self.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-            self.train_sampler.fast_forward(self.start_iter * images_per_rank)
+        self.train_data.fast_forward(self.start_iter, per_rank_batch_size(self.cfg, comm.get_world_size()))
 
     def state_dict(self):
         ret = super().state_dict()
         ret["rng"] = rng_state()
         ret["module_ema"] = module_ema_state(self.unwrapped_model)
-        if self.train_sampler is not None:
-            ret["sampler_seed"] = self.train_sampler.seed
-        if self.pool_sampler is not None:
-            ret["pool_sampler"] = pool_sampler_state(self)
+        ret.update(self.train_data.state_dict(completed_iters=self.iter + 1))
         return ret
 
     def load_state_dict(self, state_dict):
         super().load_state_dict(state_dict)
-        if self.train_sampler is not None and "sampler_seed" in state_dict:
-            self.train_sampler.seed = state_dict["sampler_seed"]
-        if self.pool_sampler is not None and "pool_sampler" in state_dict:
-            self.pool_sampler.load_state_dict(state_dict["pool_sampler"])
+        self.train_data.load_state_dict(state_dict)
         load_module_ema_state(self.unwrapped_model, state_dict.get("module_ema", {}))
         if "rng" in state_dict:
             # Saved by rank 0; other ranks would otherwise repeat rank 0's random draws.
@@ -235,7 +216,7 @@ class MGDTrainer(DefaultTrainer):
             else:
                 from detectron2.utils.env import seed_all_rng
 
-                seed_all_rng((self.cfg.SEED if self.cfg.SEED >= 0 else 0) + 1000 * self.iter + comm.get_rank())
+                seed_all_rng(config_seed(self.cfg, 0) + 1000 * self.iter + comm.get_rank())
 
     # ------------------------------------------------------------------ hooks
     def build_hooks(self):
@@ -245,9 +226,9 @@ class MGDTrainer(DefaultTrainer):
             # update iteration already holds the new assignment.
             index = next(i for i, h in enumerate(ret) if isinstance(h, hooks.LRScheduler)) + 1
             ret.insert(index, MGDAssignmentHook(self.cfg))
-            ret[index + 1:index + 1] = build_distpro_hooks(self.cfg, self)
-        if self.pool_sampler is not None:
-            ret.append(build_sampling_stats_hook(self.cfg, self.pool_sampler, *self._pool))
+            ret[index + 1:index + 1] = build_distpro_hooks(self.cfg, self.unwrapped_model, self.optimizer, self.train_data)
+        if self.train_data.pool_sampler is not None:
+            ret.append(build_sampling_stats_hook(self.cfg, self.train_data))
         return ret
 
     @property

@@ -1,7 +1,8 @@
 """Training on unlabeled images: label-free distillation, or labeled and unlabeled mixed.
 
 When DATASETS.TRAIN names unlabeled sets (image folders, see :mod:`mgd_det.data.unlabeled`),
-the trainer builds its loader here:
+the trainer builds its training data here (a :class:`~mgd_det.engine.train_data.TrainData`
+with the pool's sampler, names and dicts):
 
 - label-free (only unlabeled sets): every batch is drawn from the pool; the student learns
   from the teacher alone (feature pathways, plus KD / BOX for the teacher's outputs), and no
@@ -10,12 +11,14 @@ the trainer builds its loader here:
   labeled images (detection losses on those, distillation on all);
 - pool images are drawn by :class:`~mgd_det.data.preferential_sampler.PreferentialSampler`:
   in proportion to the tempered teacher score mixed with a uniform share (or uniformly). The
-  teacher scores every pool image once before training (rank 0, through the on-disk cache;
-  the frozen teacher's scores do not change, so there is nothing to rescore later), and the
-  scores are broadcast so that every rank samples from the same distribution.
+  teacher scores every pool image once before training (each rank its share, gathered, rank 0
+  writing the on-disk cache; the frozen teacher's scores do not change, so there is nothing
+  to rescore later), so every rank samples from the same distribution; scores that carry no
+  information (a random teacher) give uniform sampling and a warning.
 """
 import logging
-from typing import Dict, List, Optional
+import operator
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -24,12 +27,14 @@ from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train
 from detectron2.engine import HookBase
 from detectron2.utils import comm
 
+from mgd_det.cfg_facts import config_seed, per_rank_batch_size
 from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.preferential_sampler import PreferentialSampler
-from mgd_det.data.samplers import ResumableTrainingSampler
+from mgd_det.data.samplers import MixedAspectRatioGroupedDataset, ResumableTrainingSampler
 from mgd_det.data.unlabeled import register_unlabeled_from_cfg, split_labeled_unlabeled
 from mgd_det.data.unlabeled_cfg import build_unlabeled_sampler, score_unlabeled_from_cfg
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
+from mgd_det.engine.train_data import TrainData
 from mgd_det.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +51,10 @@ class MixedBatchSampler(Sampler):
     rest from the pool's stream (offset by the number of labeled images).
 
     Both streams are resumable: :meth:`fast_forward` splits the consumed count between them.
-    Batches are exact as long as the loader batches contiguous runs of this stream
-    (NUM_WORKERS <= 1, one image orientation or no aspect-ratio grouping), as for
+    With aspect-ratio grouping the loader regroups the stream by orientation *and* kind
+    (:class:`~mgd_det.data.samplers.MixedAspectRatioGroupedDataset`), so every batch keeps
+    ``num_labeled`` labeled images; the resumed order is exact when the loader batches
+    contiguous runs of the stream (NUM_WORKERS <= 1, one orientation or no grouping), as for
     :class:`~mgd_det.data.samplers.ResumableTrainingSampler`.
     """
 
@@ -85,60 +92,88 @@ class MixedBatchSampler(Sampler):
                 yield self.offset + next(pool)
 
 
-def _pool_scores(cfg, model, pool_dicts: List[Dict]) -> np.ndarray:
-    """Teacher scores of the pool on rank 0 (cached on disk), the same array on every rank."""
+def _pool_scores(cfg, model, pool_dicts: List[Dict]) -> Tuple[np.ndarray, bool]:
+    """(teacher scores of the pool, whether to sample uniformly): the same on every rank.
+
+    Every rank scores its share of the images missing from the on-disk cache (rank 0 writes
+    it). Scores that cannot rank the pool (a random or untrained teacher: all 0, or all
+    equal) give uniform sampling, with one warning.
+    """
     if cfg.MGD.UNLABELED.SAMPLING == "uniform":
-        return np.ones(len(pool_dicts))
+        return np.ones(len(pool_dicts)), True
     teacher = getattr(model, "teacher", None)
     if teacher is None:
         raise ConfigError(
             "preferential sampling of unlabeled images needs a teacher to score them; use an MGD "
             "config, or set MGD.UNLABELED.SAMPLING uniform", key="MGD.UNLABELED.SAMPLING",
         )
-    scores = None
-    if comm.is_main_process():
-        from mgd_det.modeling.teacher import build_teacher_cfg
+    from mgd_det.modeling.teacher import build_teacher_cfg
 
-        scores = score_unlabeled_from_cfg(cfg, teacher, build_teacher_cfg(cfg), pool_dicts).scores
-    if comm.get_world_size() > 1:
-        holder = [scores]
-        torch.distributed.broadcast_object_list(holder, src=0)
-        scores = holder[0]
-    return np.asarray(scores, dtype=np.float64)
+    result = score_unlabeled_from_cfg(cfg, teacher, build_teacher_cfg(cfg), pool_dicts)
+    reason = result.uninformative
+    if reason is not None:
+        logger.warning(
+            "Teacher scores carry no information (%s; score %r, detections >= %.3f): uniform sampling "
+            "instead of preferential. Check that MGD.TEACHER.WEIGHTS is a trained detector of the "
+            "pool's objects, or set MGD.UNLABELED.SAMPLING uniform.",
+            reason, result.score_kind, result.score_threshold,
+        )
+    return np.asarray(result.scores, dtype=np.float64), reason is not None
 
 
-def build_unlabeled_train_loader(cfg, model):
-    """The training loader when DATASETS.TRAIN includes unlabeled sets (see the module doc).
+def _mixed_loader(cfg, dataset, sampler, mapper, num_labeled: int, per_rank: int, seed: int):
+    """Batches of exactly ``num_labeled`` labeled + the rest pool images, grouped by aspect
+    ratio when DATALOADER.ASPECT_RATIO_GROUPING is on (Detectron2's grouping reorders them)."""
+    if not cfg.DATALOADER.ASPECT_RATIO_GROUPING:
+        return build_detection_train_loader(cfg, dataset=dataset, sampler=sampler, mapper=mapper, seed=seed,
+                                            aspect_ratio_grouping=False)
+    from detectron2.data.build import worker_init_reset_seed
+    from detectron2.data.common import MapDataset, ToIterableDataset
 
-    The loader carries ``resumable_sampler`` (the trainer fast-forwards it on resume and
-    saves its seed) and ``pool_sampler`` (whose state the trainer checkpoints).
+    generator = torch.Generator()
+    generator.manual_seed(seed)
+    elements = torch.utils.data.DataLoader(
+        ToIterableDataset(MapDataset(dataset, mapper), sampler, shard_chunk_size=per_rank),
+        num_workers=cfg.DATALOADER.NUM_WORKERS, collate_fn=operator.itemgetter(0),
+        worker_init_fn=worker_init_reset_seed, generator=generator,
+    )
+    return MixedAspectRatioGroupedDataset(elements, num_labeled, per_rank - num_labeled)
+
+
+def build_unlabeled_train_data(cfg, model) -> TrainData:
+    """The training data when DATASETS.TRAIN includes unlabeled sets (see the module doc):
+    its sampler (fast-forwarded on resume, seed saved) and the pool's sampler (state saved).
+    No held-out split (``heldout_dicts`` None): DistPro's learned weighting refuses it.
     """
     labeled_names, pool_names = split_labeled_unlabeled(cfg.DATASETS.TRAIN)
     labeled = []
     if labeled_names:
         labeled = get_detection_dataset_dicts(labeled_names, filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS)
     pool = [d for name in pool_names for d in DatasetCatalog.get(name)]
-    scores = _pool_scores(cfg, model, pool)
-    seed = cfg.SEED if cfg.SEED >= 0 else None
-    pool_sampler = build_unlabeled_sampler(cfg, scores, seed=seed)
-    per_rank = cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
+    scores, uniform = _pool_scores(cfg, model, pool)
+    seed = config_seed(cfg, None)
+    pool_sampler = build_unlabeled_sampler(cfg, scores, seed=seed, uniform=uniform)
+    mode = "uniform" if uniform else "preferential"
+    per_rank = per_rank_batch_size(cfg, comm.get_world_size())
     if labeled:
         share = cfg.MGD.UNLABELED.LABELED_SHARE
         labeled_sampler = ResumableTrainingSampler(len(labeled), seed=pool_sampler.seed)
         sampler = MixedBatchSampler(labeled_sampler, pool_sampler, len(labeled), per_rank, round(share * per_rank))
-        logger.info("Training on %d labeled and %d unlabeled images: %d + %d per batch and process",
-                    len(labeled), len(pool), sampler.num_labeled, per_rank - sampler.num_labeled)
+        logger.info("Training on %d labeled and %d unlabeled images: %d + %d per batch and process (%s sampling)",
+                    len(labeled), len(pool), sampler.num_labeled, per_rank - sampler.num_labeled, mode)
     else:
         sampler = pool_sampler
-        logger.info("Label-free training on %d unlabeled images (%s sampling)", len(pool), cfg.MGD.UNLABELED.SAMPLING)
+        logger.info("Label-free training on %d unlabeled images (%s sampling)", len(pool), mode)
     labeled_mapper = FileNamingMapper(DatasetMapper(cfg, True), labeled_names, cfg.INPUT.FORMAT) if labeled else None
     mapper = UnlabeledDatasetMapper(cfg, True, fallback_dicts=pool, labeled_mapper=labeled_mapper)
-    loader = build_detection_train_loader(cfg, dataset=labeled + pool, sampler=sampler, mapper=mapper,
-                                          seed=pool_sampler.seed)
-    loader.resumable_sampler = sampler
-    loader.pool_sampler = pool_sampler
-    loader.pool_names, loader.pool_dicts = pool_names, pool
-    return loader
+    if labeled:
+        loader = _mixed_loader(cfg, labeled + pool, sampler, mapper, sampler.num_labeled, per_rank, pool_sampler.seed)
+    else:
+        loader = build_detection_train_loader(cfg, dataset=pool, sampler=sampler, mapper=mapper,
+                                              seed=pool_sampler.seed)
+    pool_per_batch = per_rank - sampler.num_labeled if labeled else per_rank
+    return TrainData(loader, sampler=sampler, pool_sampler=pool_sampler, pool_names=pool_names,
+                     pool_dicts=pool, pool_images_per_batch=pool_per_batch)
 
 
 class SamplingStatsHook(HookBase):
@@ -158,25 +193,13 @@ class SamplingStatsHook(HookBase):
                 self.trainer.storage.put_scalar(f"unlabeled/{key}", value, smoothing_hint=False)
 
 
-def pool_images_per_batch(sampler, images_per_rank: int) -> int:
-    """How many of a process's batch come from the pool."""
-    if isinstance(sampler, MixedBatchSampler):
-        return sampler.batch_size - sampler.num_labeled
-    return images_per_rank
-
-
-def pool_sampler_state(trainer) -> Dict:
-    """The pool sampler's state after ``trainer.iter + 1`` finished iterations."""
-    per_rank = trainer.cfg.SOLVER.IMS_PER_BATCH // comm.get_world_size()
-    consumed = (trainer.iter + 1) * pool_images_per_batch(trainer.train_sampler, per_rank)
-    return trainer.pool_sampler.state_dict(num_consumed=consumed)
-
-
-def build_sampling_stats_hook(cfg, sampler: PreferentialSampler, pool_names: List[str], pool_dicts=None):
-    """The stats hook, with relevance ground truth when the pool is a bundled one."""
+def build_sampling_stats_hook(cfg, data: TrainData) -> SamplingStatsHook:
+    """The stats hook of ``data``'s pool, with relevance ground truth when the pool is a
+    bundled one."""
     from mgd_det.data.pool import POOL_SPECS, load_relevance, relevance_flags, relevance_path
 
+    names, dicts = data.pool_names, data.pool_dicts
     relevant = None
-    if pool_dicts is not None and len(pool_names) == 1 and pool_names[0] in POOL_SPECS:
-        relevant = relevance_flags(pool_dicts, load_relevance(relevance_path(pool_names[0])))
-    return SamplingStatsHook(sampler, relevant, cfg.MGD.UNLABELED.STATS_PERIOD)
+    if dicts is not None and len(names) == 1 and names[0] in POOL_SPECS:
+        relevant = relevance_flags(dicts, load_relevance(relevance_path(names[0])))
+    return SamplingStatsHook(data.pool_sampler, relevant, cfg.MGD.UNLABELED.STATS_PERIOD)

@@ -14,8 +14,8 @@ from .loss import partial_l2_loss
 from .margins import gaussian_negative_mean, margin_from_norm
 from .matcher import ChannelMatcher, matcher_key
 from .outputs import Canvas, NetOutputs, TeacherOutput, crop_to_student
+from .families import BuildContext, family_names, register_family
 from .pathways import (
-    PATHWAY_FAMILIES,
     STUDENT_NORMS,
     Pathway,
     PathwaySpec,
@@ -25,6 +25,7 @@ from .reducers import REDUCERS, reduce_teacher
 from .weighting import ConstantWeighting, LossWeighting
 
 __all__ = [
+    "BuildContext",
     "Canvas",
     "ChannelCostTracker",
     "ChannelMatcher",
@@ -33,7 +34,6 @@ __all__ = [
     "LossWeighting",
     "MatchingDistiller",
     "NetOutputs",
-    "PATHWAY_FAMILIES",
     "Pathway",
     "PathwayDistiller",
     "PathwaySpec",
@@ -43,6 +43,7 @@ __all__ = [
     "TeacherOutput",
     "crop_to_student",
     "default_assignment",
+    "family_names",
     "gaussian_negative_mean",
     "group_size",
     "hinton_kd_loss",
@@ -53,5 +54,6 @@ __all__ = [
     "parse_pathway",
     "partial_l2_loss",
     "reduce_teacher",
+    "register_family",
     "solve_assignment",
 ]

@@ -5,6 +5,8 @@ Shape checks read only tensor metadata, so they never synchronise with the devic
 
 from __future__ import annotations
 
+from typing import Iterable, List
+
 import torch
 
 
@@ -54,3 +56,10 @@ def distributed_world_size() -> int:
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
     return 1
+
+
+def repeated(values: Iterable) -> List:
+    """The values that occur more than once, sorted (empty when all are distinct): the one
+    distinct-names check of pathway, position and weighting names."""
+    values = list(values)
+    return sorted({v for v in values if values.count(v) > 1})

@@ -22,12 +22,14 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from ._checks import repeated
 from .assignment import group_size, solve_assignment
 from .background_solve import SolveJob
 from .matcher import ChannelMatcher, matcher_key
 from .outputs import NetOutputs, TeacherOutput
+from .families import BuildContext, build_pathway, reads_head, register_family
+from .kd import FOREGROUND_TEMPERATURE
 from .pathways import (
-    HEAD_FAMILIES,
     MatchedFeaturePathway,
     OutputBoxPathway,
     OutputKDPathway,
@@ -36,10 +38,56 @@ from .pathways import (
     StandardizedFeaturePathway,
     student_norm,
 )
+from .reducers import REDUCERS
 from .weighting import ConstantWeighting, LossWeighting
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
+
+
+# ---------------------------------------------------------------------------- built-in families
+# Registration order is the order error messages list the families in.
+def _feature_channels(spec: PathwaySpec, ctx: BuildContext) -> Tuple[int, int]:
+    if spec.position not in ctx.channels:
+        raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
+    return ctx.channels[spec.position]
+
+
+def _build_matched(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
+    """SM / RD / AMP / SP: one matcher per (position, group size), shared by its pathways."""
+    cs, ct = _feature_channels(spec, ctx)
+    where = f"pathway {spec.name!r} (position {spec.position!r})"
+    sparse = spec.family == "SM"
+    if cs > ct and not (sparse and ctx.allow_sharing):
+        raise ConfigError(
+            f"{where}: the student has more channels ({cs}) than the teacher ({ct}); only "
+            "the SM family with channel sharing (allow_sharing True) supports that"
+        )
+    key = matcher_key(spec.position, group_size(cs, ct, sparse, ctx.allow_sharing))
+    if key not in ctx.matchers:
+        ctx.matchers[key] = ChannelMatcher(spec.position, cs, ct, sparse, ctx.allow_sharing)
+    return MatchedFeaturePathway(spec, ctx.matchers[key], student_norm(ctx.student_norm, cs, ctx.num_groups, where))
+
+
+for _reducer in REDUCERS:
+    register_family(_reducer)(_build_matched)
+
+
+@register_family("PKD")
+def _build_pkd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
+    return StandardizedFeaturePathway(spec, *_feature_channels(spec, ctx))
+
+
+@register_family("KD", reads_head=True)
+def _build_kd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
+    return OutputKDPathway(spec, ctx.kd_temperature, ctx.kd_fg_temperature)
+
+
+@register_family("BOX", reads_head=True)
+def _build_box(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
+    if ctx.num_classes <= 0:
+        raise ConfigError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
+    return OutputBoxPathway(spec, ctx.num_classes, fg_temperature=ctx.kd_fg_temperature)
 
 
 class PathwayDistiller(nn.Module):
@@ -54,6 +102,8 @@ class PathwayDistiller(nn.Module):
         allow_sharing: allow Cs > Ct with the SM family (teacher channels shared).
         weighting: the loss weighting; default: constant, each pathway's ``factor``.
         kd_temperature: temperature of the KD family.
+        kd_fg_temperature: foreground temperature of the KD and BOX families (the weight of an
+            anchor is sigmoid(teacher logit / kd_fg_temperature); see :mod:`.kd`).
         num_classes: classes of the dense head (the BOX family reads per-class logits).
     """
 
@@ -67,51 +117,30 @@ class PathwayDistiller(nn.Module):
         weighting: Optional[LossWeighting] = None,
         kd_temperature: float = 1.0,
         num_classes: int = 0,
+        kd_fg_temperature: float = FOREGROUND_TEMPERATURE,
     ):
         super().__init__()
         specs = list(specs)
         if not specs:
             raise ConfigError("a distiller needs at least one pathway")
         names = [s.name for s in specs]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
+        duplicates = repeated(names)
         if duplicates:
             raise ConfigError(f"pathway names must be unique; {duplicates} appear more than once (name them: 'NAME=FAMILY:POSITION')")
         self.specs = specs
         self.matchers = nn.ModuleDict()
         self.pathways = nn.ModuleDict()
+        if not kd_fg_temperature > 0:
+            raise ConfigError(f"kd_fg_temperature must be positive; got {kd_fg_temperature}")
+        context = BuildContext(channels, student_norm, num_groups, allow_sharing, kd_temperature, num_classes,
+                               self.matchers, kd_fg_temperature)
         for spec in specs:
-            self.pathways[spec.name] = self._build_pathway(
-                spec, channels, student_norm, num_groups, allow_sharing, kd_temperature, num_classes
-            )
+            self.pathways[spec.name] = build_pathway(spec, context)
         self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})
         missing = sorted(set(names) - set(self.weighting.names))
         if missing:
             raise ConfigError(f"the loss weighting has no weight for pathways {missing}")
         self.register_buffer("assigned", torch.zeros((), dtype=torch.bool))
-
-    def _build_pathway(self, spec, channels, norm_kind, num_groups, allow_sharing, kd_temperature, num_classes) -> Pathway:
-        if spec.family == "KD":
-            return OutputKDPathway(spec, kd_temperature)
-        if spec.family == "BOX":
-            if num_classes <= 0:
-                raise ConfigError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
-            return OutputBoxPathway(spec, num_classes)
-        if spec.position not in channels:
-            raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
-        cs, ct = channels[spec.position]
-        where = f"pathway {spec.name!r} (position {spec.position!r})"
-        if spec.family == "PKD":
-            return StandardizedFeaturePathway(spec, cs, ct)
-        sparse = spec.family == "SM"
-        if cs > ct and not (sparse and allow_sharing):
-            raise ConfigError(
-                f"{where}: the student has more channels ({cs}) than the teacher ({ct}); only "
-                "the SM family with channel sharing (MGD.ALLOW_CHANNEL_SHARING) supports that"
-            )
-        key = matcher_key(spec.position, group_size(cs, ct, sparse, allow_sharing))
-        if key not in self.matchers:
-            self.matchers[key] = ChannelMatcher(spec.position, cs, ct, sparse, allow_sharing)
-        return MatchedFeaturePathway(spec, self.matchers[key], student_norm(norm_kind, cs, num_groups, where))
 
     # ------------------------------------------------------------------ queries
     @property
@@ -125,7 +154,7 @@ class PathwayDistiller(nn.Module):
 
     @property
     def needs_head(self) -> bool:
-        return any(s.family in HEAD_FAMILIES for s in self.specs)
+        return any(reads_head(s.family) for s in self.specs)
 
     def matchers_at(self, position: str) -> List[ChannelMatcher]:
         return [m for m in self.matchers.values() if m.position == position]
@@ -256,7 +285,7 @@ class MatchingDistiller(PathwayDistiller):
         if not positions:
             raise ConfigError("MatchingDistiller needs at least one position")
         names = [p.name for p in positions]
-        if len(set(names)) != len(names):
+        if repeated(names):
             raise ConfigError(f"position names must be unique; got {names}")
         super().__init__(
             mgd_pathway_specs([(p.name, p.factor) for p in positions], reducer),

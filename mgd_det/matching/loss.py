@@ -26,17 +26,19 @@ def partial_l2_loss(
             margin that may or may not be set can live in buffers.
 
     Returns:
-        The sum over all elements (callers normalise), computed in float32.
+        The sum over all elements (callers normalise), computed in float32 or wider (float64
+        inputs stay float64, e.g. for DistPro's float64 hypergradient checks).
     """
     if student.shape != target.shape:
         raise ValueError(
             f"student and target shapes differ: {tuple(student.shape)} vs {tuple(target.shape)}"
         )
-    target = target.detach().float()
-    student = student.float()
+    dtype = torch.promote_types(student.dtype, torch.float32)
+    target = target.detach().to(dtype)
+    student = student.to(dtype)
     if margin is None:
         return (student - target).pow(2).sum()
-    margin = margin.detach().float()
+    margin = margin.detach().to(dtype)
     try:
         broadcastable = torch.broadcast_shapes(margin.shape, target.shape) == target.shape
     except RuntimeError:

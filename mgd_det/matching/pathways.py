@@ -3,7 +3,8 @@
 A pathway returns its *unweighted* loss, normalised per image; how much it counts is the
 loss weighting's business (:mod:`mgd_det.matching.weighting`), which sees every pathway.
 
-Families (what each is for):
+Families (what each is for; the registry of :mod:`.families` maps each name to the builder
+of its pathway, so a new family is one ``register_family``):
 
 - ``SM`` / ``RD`` / ``AMP`` / ``SP`` -- MGD: teacher channels matched to student channels by
   an assignment, reduced to the student's width (sparse matching, random drop, absolute max
@@ -36,16 +37,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_feature_pair
-from .kd import hinton_kd_loss
+from .kd import FOREGROUND_TEMPERATURE, dense_kd_loss, foreground_weight
 from .loss import partial_l2_loss
 from .matcher import ChannelMatcher
 from .outputs import NetOutputs, TeacherOutput
-from .reducers import REDUCERS, reduce_teacher
+from .families import family_names, reads_head
+from .reducers import reduce_teacher
 from ..errors import ConfigError
 
-MATCHED_FAMILIES = REDUCERS  # SM, RD, AMP, SP
-HEAD_FAMILIES = ("KD", "BOX")
-PATHWAY_FAMILIES = MATCHED_FAMILIES + ("PKD",) + HEAD_FAMILIES
 STUDENT_NORMS = ("BN", "SyncBN", "GN", "none")
 
 
@@ -63,11 +62,11 @@ class PathwaySpec:
     name: str = ""
 
     def __post_init__(self):
-        if self.family not in PATHWAY_FAMILIES:
+        if self.family not in family_names():
             raise ConfigError(
-                f"unknown pathway family {self.family!r}; valid families are {', '.join(PATHWAY_FAMILIES)}"
+                f"unknown pathway family {self.family!r}; valid families are {', '.join(family_names())}"
             )
-        if self.family in HEAD_FAMILIES:
+        if reads_head(self.family):
             if self.position:
                 raise ConfigError(f"pathway family {self.family!r} reads the head and takes no position")
         elif not self.position:
@@ -93,7 +92,7 @@ def parse_pathway(text: str) -> PathwaySpec:
     parts = [p.strip() for p in match.group("body").split(":")]
     family, rest = parts[0].upper(), parts[1:]
     position, factor = None, 1.0
-    if family not in HEAD_FAMILIES and rest:
+    if not reads_head(family) and rest:
         position, rest = rest[0], rest[1:]
     if len(rest) > 1:
         raise ConfigError(f"pathway {text!r} has too many ':' fields; write FAMILY[:POSITION][:FACTOR]")
@@ -187,41 +186,46 @@ class StandardizedFeaturePathway(Pathway):
 
 
 class OutputKDPathway(Pathway):
-    """Hinton KD on dense sigmoid logits, averaged over elements and FPN levels."""
+    """Hinton KD on dense sigmoid logits, normalised by the teacher's foreground mass
+    (:func:`~.kd.dense_kd_loss`): a foreground anchor's gradient is ~1/(foreground anchors),
+    not ~1/(anchors x classes), and the loss is 0 when the student matches the teacher."""
 
-    def __init__(self, spec: PathwaySpec, temperature: float):
+    def __init__(self, spec: PathwaySpec, temperature: float, fg_temperature: float = FOREGROUND_TEMPERATURE):
         super().__init__(spec)
-        if not temperature > 0:
-            raise ConfigError(f"KD temperature must be positive; got {temperature}")
+        if not temperature > 0 or not fg_temperature > 0:
+            raise ConfigError(f"KD temperatures must be positive; got {temperature} and {fg_temperature} (foreground)")
         self.temperature = float(temperature)
+        self.fg_temperature = float(fg_temperature)
 
     def forward(self, student, teacher, teacher_features):
         student.require_head("student", f"pathway {self.name!r}")
         teacher.require_head("teacher", f"pathway {self.name!r}")
-        losses = [
-            hinton_kd_loss(s, t, self.temperature, kind="sigmoid")
-            for s, t in zip(student.logits, teacher.logits)
-        ]
-        return sum(losses) / len(losses)
+        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature)
 
 
 class OutputBoxPathway(Pathway):
-    """Dense box distillation: smooth-L1 of box deltas, weighted by the teacher's confidence.
+    """Dense box distillation: smooth-L1 of box deltas, weighted by the teacher's foreground.
 
-    Per anchor the weight is the teacher's largest class probability, so background anchors
-    (where the teacher's box output means nothing) barely count; the loss is the weighted sum
-    over anchors divided by the summed weight (a weighted mean, bounded whatever the image).
+    Per anchor the weight is :func:`~.kd.foreground_weight` of the teacher's largest class
+    logit (sharpened by ``fg_temperature``; at 1 it is the largest class probability, which
+    left most of the weight on the many anchors below 0.5), so background anchors, where
+    the teacher's box output means nothing, barely count; the loss is the weighted sum over
+    anchors divided by the teacher's foreground mass (a weighted mean; at least 1).
     """
 
-    def __init__(self, spec: PathwaySpec, num_classes: int, beta: float = 0.1):
+    def __init__(self, spec: PathwaySpec, num_classes: int, beta: float = 0.1,
+                 fg_temperature: float = FOREGROUND_TEMPERATURE):
         super().__init__(spec)
+        if not fg_temperature > 0:
+            raise ConfigError(f"BOX foreground temperature must be positive; got {fg_temperature}")
         self.num_classes = int(num_classes)
         self.beta = float(beta)
+        self.fg_temperature = float(fg_temperature)
 
     def _per_anchor(self, logits: torch.Tensor, deltas: torch.Tensor):
         n, _, h, w = logits.shape
-        probs = torch.sigmoid(logits.detach().float()).view(n, -1, self.num_classes, h, w)
-        return probs.amax(dim=2), deltas.view(n, -1, 4, h, w)
+        top = logits.detach().float().view(n, -1, self.num_classes, h, w).amax(dim=2)
+        return foreground_weight(top, self.fg_temperature), deltas.view(n, -1, 4, h, w)
 
     def forward(self, student, teacher, teacher_features):
         student.require_head("student", f"pathway {self.name!r}")

@@ -1,4 +1,7 @@
-"""Detectron2 side of MGD: registering this package adds ``MGDDistiller`` to META_ARCH_REGISTRY."""
+"""Detectron2 side of MGD. Importing this package registers ``MGDDistiller`` in
+META_ARCH_REGISTRY, the loss weightings (``weighting.py``) and the checks of the keys its
+modules own (pathways, weighting, DistPro, teacher) in :mod:`mgd_det.config_checks`."""
+from .batched_retinanet import BatchedRetinaNet  # registers the batched-loss RetinaNet
 from .feature_taps import FeatureTaps
 from .meta_arch import MGDDistiller, build_student
 from .teacher import IncompatibleWeightsError, StrictCheckpointer, build_teacher, build_teacher_cfg

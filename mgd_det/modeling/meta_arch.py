@@ -7,17 +7,19 @@ import torch
 from detectron2.config import CfgNode
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from detectron2.structures import ImageList
+from detectron2.utils.events import get_event_storage
 from torch import nn
 
+from mgd_det.cfg_facts import MGD_META_ARCHITECTURE
 from mgd_det.errors import ConfigError
-from mgd_det.matching.distiller import PathwayDistiller
-from mgd_det.matching.pathways import HEAD_FAMILIES
+from mgd_det.matching.families import reads_head
 from mgd_det.matching.margins import margin_from_norm
 from mgd_det.matching.outputs import Canvas, TeacherOutput
 from mgd_det.modeling.feature_taps import FeatureTaps
 from mgd_det.modeling.student_pass import run_student
 from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
-from mgd_det.modeling.weighting import build_loss_weighting, pathway_specs_from_cfg
+from mgd_det.modeling.uploads import upload_inputs
+from mgd_det.modeling.weighting import build_pathway_distiller, pathway_specs_from_cfg
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ def build_student(cfg: CfgNode) -> nn.Module:
     student_cfg = cfg.clone()
     student_cfg.defrost()
     student_cfg.MODEL.META_ARCHITECTURE = cfg.MGD.STUDENT_META_ARCHITECTURE
-    if student_cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+    if student_cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE:
         raise ValueError("MGD.STUDENT_META_ARCHITECTURE must be a plain detector, e.g. 'RetinaNet'.")
     student_cfg.freeze()
     return build_model(student_cfg)
@@ -90,24 +92,20 @@ class MGDDistiller(nn.Module):
         positions = list(dict.fromkeys(s.position for s in specs if s.position))
         self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
         self.teacher_taps = FeatureTaps(self._teacher.backbone, positions, "teacher")
-        if any(s.family in HEAD_FAMILIES for s in specs):
+        if any(reads_head(s.family) for s in specs):
             self._check_heads_compatible()
-        self.distiller = PathwayDistiller(
-            specs,
-            {p: (self.student_taps.channels(p), self.teacher_taps.channels(p)) for p in positions},
-            student_norm=cfg.MGD.STUDENT_NORM,
-            num_groups=cfg.MGD.NORM_GROUPS,
-            allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING,
-            weighting=build_loss_weighting(cfg, specs),
-            kd_temperature=cfg.MGD.KD.TEMPERATURE,
+        self.distiller = build_pathway_distiller(  # the MGD.* keys; errors name them
+            cfg, specs, {p: (self.student_taps.channels(p), self.teacher_taps.channels(p)) for p in positions},
             num_classes=getattr(self.student, "num_classes", 0),
         ).to(self.student.device)
         # What the teacher runs each step: its ResNet alone unless an FPN position or a head
         # pathway reads more. Unregistered, like the teacher itself.
         object.__setattr__(self, "_teacher_network",
                            self._teacher.backbone if self.needs_head else self.teacher_taps.smallest_network())
-        self.check_finite = False  # set by the hook on iterations that check features
-        self.nonfinite_report: Optional[Dict[str, torch.Tensor]] = None
+        # Training forwards at iterations that are multiples of this check the features for
+        # NaN/Inf (0: never); see forward and nonfinite_sources.
+        self.check_finite_period = cfg.MGD.CHECK_FINITE_PERIOD
+        self._nonfinite: Dict[str, torch.Tensor] = {}  # device flags, accumulated over checked steps
         self.refresh_margins()
 
     # ---------------------------------------------------------------- plumbing
@@ -165,12 +163,9 @@ class MGDDistiller(nn.Module):
 
     # ---------------------------------------------------------------- passes
     def upload(self, batched_inputs) -> List[dict]:
-        """The batch with its images on the model's device: one copy, read by both nets."""
-        device = self.device
-        return [
-            dict(x, image=x["image"].to(device, non_blocking=True)) if x["image"].device != device else x
-            for x in batched_inputs
-        ]
+        """The batch with its images and boxes on the model's device: one non-blocking copy,
+        read by both nets."""
+        return upload_inputs(batched_inputs, self.device)
 
     def _padded_size(self, batched_inputs) -> tuple:
         div = max(self.student.backbone.size_divisibility, 1)
@@ -212,24 +207,43 @@ class MGDDistiller(nn.Module):
         """
         if not self.training:
             return self.student(batched_inputs)
-        detection, raw = self.split_losses(batched_inputs)
+        detection, raw = self.split_losses(batched_inputs, check_finite=self._check_due())
         return {**detection, **self.distiller.weighted(raw)}
 
-    def split_losses(self, batched_inputs, teacher_out: Optional[TeacherOutput] = None):
+    def _check_due(self) -> bool:
+        """Whether this training forward checks its features: at every CHECK_FINITE_PERIOD-th
+        iteration of Detectron2's current EventStorage (as its models decide ``vis_period``;
+        their training forwards need that storage anyway)."""
+        period = self.check_finite_period
+        return bool(period) and get_event_storage().iter % period == 0
+
+    def split_losses(self, batched_inputs, teacher_out: Optional[TeacherOutput] = None, check_finite: bool = False):
         """(detection losses of the labeled images, unweighted pathway losses) of one batch.
 
         ``teacher_out`` may be passed in when the caller already has it for this batch (the
         teacher is frozen: its output does not change while the student moves).
+        ``check_finite``: also flag non-finite features (read by :meth:`nonfinite_sources`).
         """
         batched_inputs = self.upload(batched_inputs)
         if teacher_out is None:
             teacher_out = self.teacher_pass(batched_inputs)
         detection, student_out = run_student(self.student, batched_inputs, self.student_taps, self.needs_head)
-        if self.check_finite:
+        if check_finite:
             flags = self._nonfinite_flags(student_out.features, teacher_out.features)
-            previous = self.nonfinite_report or {}
-            self.nonfinite_report = {k: v | previous[k] if k in previous else v for k, v in flags.items()}
+            previous = self._nonfinite
+            self._nonfinite = {k: v | previous[k] if k in previous else v for k, v in flags.items()}
         return detection, self.distiller.raw_losses(student_out, teacher_out)
+
+    def nonfinite_sources(self, clear: bool = False) -> List[str]:
+        """The features ("student res3", "teacher p4", ...) that went non-finite in a checked
+        step so far (one host sync; [] when nothing was checked). ``clear``: start over."""
+        report = self._nonfinite
+        if clear:
+            self._nonfinite = {}
+        if not report:
+            return []
+        flags = torch.stack(list(report.values())).cpu().tolist()
+        return [name for name, flag in zip(report, flags) if flag]
 
     @staticmethod
     def _nonfinite_flags(student_feats, teacher_feats) -> Dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ from detectron2.structures import ImageList
 
 from mgd_det.matching.outputs import NetOutputs
 from mgd_det.errors import ConfigError
+from mgd_det.ground_truth import is_unlabeled
 
 
 def _subset_images(images: ImageList, index: List[int]) -> ImageList:
@@ -21,7 +22,7 @@ def _subset_images(images: ImageList, index: List[int]) -> ImageList:
 
 def run_student(student, batched_inputs, taps, need_head: bool) -> Tuple[Dict[str, torch.Tensor], NetOutputs]:
     """(detection losses of the labeled images, tapped student outputs of all images)."""
-    labeled = [i for i, x in enumerate(batched_inputs) if "instances" in x]
+    labeled = [i for i, x in enumerate(batched_inputs) if not is_unlabeled(x)]
     everything = len(labeled) == len(batched_inputs)
     images = student.preprocess_image(batched_inputs)
     with taps.capture() as feats:

@@ -17,6 +17,10 @@ from detectron2.config import CfgNode
 from detectron2.modeling import build_model
 from torch import nn
 
+from mgd_det.cfg_facts import MGD_META_ARCHITECTURE, get_key
+from mgd_det.config import get_mgd_cfg
+from mgd_det.config_checks import register_config_check
+from mgd_det.config_paths import merge_config
 from mgd_det.errors import CheckpointError, ConfigError, UserFileNotFoundError
 
 from .checkpoint_files import incompatibility_problems, is_mgd_state, load_failure
@@ -34,7 +38,8 @@ __all__ = [
 ]
 
 # Class-count keys by meta-architecture: the head a detector actually uses.
-CLASS_COUNT_KEYS = {"RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"}
+CLASS_COUNT_KEYS = {"RetinaNet": "MODEL.RETINANET.NUM_CLASSES", "BatchedRetinaNet": "MODEL.RETINANET.NUM_CLASSES",
+                    "GeneralizedRCNN": "MODEL.ROI_HEADS.NUM_CLASSES"}
 # Classification layers whose first dimension follows the class count (RetinaNet: anchors x
 # classes; R-CNN box predictor: classes + background).
 _CLASS_LAYERS = {"head.cls_score.weight": "MODEL.RETINANET.NUM_CLASSES",
@@ -45,20 +50,13 @@ class IncompatibleWeightsError(CheckpointError):
     """A checkpoint does not fit the model it is loaded into."""
 
 
-def _get(cfg: CfgNode, key: str):
-    node = cfg
-    for part in key.split("."):
-        node = node[part]
-    return node
-
-
 def _class_count_hint(incompatible, cfg: Optional[CfgNode]) -> str:
     """If a classification layer's shape differs, the class count the file was trained with."""
     for name, file_shape, model_shape in incompatible.incorrect_shapes:
         key = _CLASS_LAYERS.get(name)
         if key is None or cfg is None or not file_shape or not model_shape:
             continue
-        current = _get(cfg, key)
+        current = get_key(cfg, key)
         if key.endswith("RETINANET.NUM_CLASSES"):
             trained = file_shape[0] * current // model_shape[0]
         else:
@@ -137,14 +135,11 @@ def file_sha256(path: str, chunk_size: int = 1 << 20) -> str:
 
 def _student_class_count(cfg: CfgNode) -> Tuple[Optional[str], Optional[int]]:
     key = CLASS_COUNT_KEYS.get(cfg.MGD.STUDENT_META_ARCHITECTURE)
-    return (key, _get(cfg, key)) if key else (None, None)
+    return (key, get_key(cfg, key)) if key else (None, None)
 
 
 def _teacher_file_cfg(cfg: CfgNode) -> CfgNode:
     """The teacher's config file alone (no overrides), with the MGD keys declared."""
-    from mgd_det.config import get_mgd_cfg
-    from mgd_det.config_paths import merge_config
-
     config_file = cfg.MGD.TEACHER.CONFIG_FILE
     if not config_file:
         raise ConfigError(
@@ -167,7 +162,7 @@ def _teacher_opts(cfg: CfgNode, teacher_cfg: CfgNode) -> List[str]:
     opts: List[str] = []
     _, classes = _student_class_count(cfg)
     teacher_key = CLASS_COUNT_KEYS.get(teacher_cfg.MODEL.META_ARCHITECTURE)
-    if classes is not None and teacher_key and _get(teacher_cfg, teacher_key) != classes:
+    if classes is not None and teacher_key and get_key(teacher_cfg, teacher_key) != classes:
         opts += [teacher_key, str(classes)]
     return opts + [str(v) for v in cfg.MGD.TEACHER.OVERRIDES]
 
@@ -177,7 +172,7 @@ def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
     (unless MGD.TEACHER.OVERRIDES sets it), then MGD.TEACHER.OVERRIDES."""
     teacher_cfg = _teacher_file_cfg(cfg)
     config_file = cfg.MGD.TEACHER.CONFIG_FILE
-    if teacher_cfg.MODEL.META_ARCHITECTURE == "MGDDistiller":
+    if teacher_cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE:
         raise ConfigError(
             f"teacher config {config_file} is itself an MGD distiller (MGD.TEACHER.CONFIG_FILE): "
             "give the teacher's plain detector config", key="MGD.TEACHER.CONFIG_FILE",
@@ -215,8 +210,8 @@ def teacher_training_command(cfg: CfgNode) -> str:
     else:
         opts, output_dir = _teacher_opts(cfg, teacher_cfg), teacher_cfg.OUTPUT_DIR
         for key in ("DATASETS.COCO_SETS", "DATASETS.TRAIN"):  # the student's own data, if any
-            value = tuple(_get(cfg, key))
-            if value and tuple(_get(teacher_cfg, key)) != value:
+            value = tuple(get_key(cfg, key))
+            if value and tuple(get_key(teacher_cfg, key)) != value:
                 opts += [key, str(value)]
     copy_note = ""
     if os.path.basename(weights) == "model_final.pth":
@@ -264,3 +259,67 @@ def build_teacher(cfg: CfgNode, load_weights: bool = True, teacher_cfg: CfgNode 
     for param in teacher.parameters():
         param.requires_grad_(False)
     return teacher.eval()
+
+
+# ----------------------------------------------------------- checks of MGD.TEACHER.*
+@register_config_check
+def check_teacher_config_file(cfg: CfgNode):
+    path = cfg.MGD.TEACHER.CONFIG_FILE
+    if not path:
+        yield ("MGD.TEACHER.CONFIG_FILE is empty: set it to the teacher's plain Detectron2 config, "
+               "e.g. configs/mini_digits/retinanet_R50_FPN.yaml")
+    elif not os.path.isfile(path):
+        yield (f"MGD.TEACHER.CONFIG_FILE {path} not found (a relative path is read from the folder "
+               "of the config file that sets it, or from the working directory on the command line)")
+
+
+@register_config_check
+def check_teacher_weights_key(cfg: CfgNode):
+    if not cfg.MGD.TEACHER.WEIGHTS:
+        yield ("MGD.TEACHER.WEIGHTS is empty: set it to the trained teacher's checkpoint "
+               "(e.g. its run's model_final.pth)")
+
+
+@register_config_check
+def check_teacher_overrides(cfg: CfgNode):
+    overrides = list(cfg.MGD.TEACHER.OVERRIDES)
+    if len(overrides) % 2:
+        yield (f"MGD.TEACHER.OVERRIDES must alternate KEY and VALUE (got {len(overrides)} items: "
+               f"{overrides}), e.g. ['MODEL.RETINANET.NUM_CLASSES', '3']")
+        return
+    keys = overrides[0::2]
+    bad = [k for k in keys if not isinstance(k, str)]
+    if bad:
+        yield f"MGD.TEACHER.OVERRIDES keys must be strings (got {bad})"
+        return
+    probe = get_mgd_cfg()
+    for key, value in zip(keys, overrides[1::2]):
+        try:
+            get_key(probe, key)
+        except (KeyError, AttributeError):
+            yield f"MGD.TEACHER.OVERRIDES: unknown key {key!r} (check its spelling)"
+            continue
+        try:
+            probe.merge_from_list([key, value])
+        except Exception as err:  # noqa: BLE001 -- yacs: ValueError/AssertionError/KeyError
+            yield f"MGD.TEACHER.OVERRIDES: bad value {value!r} for {key}: {err}"
+
+
+# Channel orders the model converts between (meta_arch.teacher_needs_channel_flip).
+CONVERTIBLE_FORMATS = {"RGB", "BGR"}
+
+
+@register_config_check
+def check_teacher_input_format(cfg: CfgNode):
+    """The student's INPUT.FORMAT is the teacher's, or its RGB<->BGR swap (the only
+    conversion the model makes: both nets read the same decoded images)."""
+    try:
+        teacher_cfg = build_teacher_cfg(cfg)
+    except Exception:  # noqa: BLE001 -- a bad teacher config file or override: reported by the checks above
+        return
+    student, teacher = cfg.INPUT.FORMAT, teacher_cfg.INPUT.FORMAT
+    if student != teacher and {student, teacher} != CONVERTIBLE_FORMATS:
+        yield (f"INPUT.FORMAT {student!r} (the student's) and the teacher's INPUT.FORMAT {teacher!r} (from "
+               f"MGD.TEACHER.CONFIG_FILE {cfg.MGD.TEACHER.CONFIG_FILE} and MGD.TEACHER.OVERRIDES) differ, and only "
+               f"RGB<->BGR is converted: set INPUT.FORMAT {teacher!r} for the student, or distil from a teacher "
+               f"trained on {student!r}")

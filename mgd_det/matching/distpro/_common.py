@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Iterable, Tuple
 
+from .._checks import repeated
+
 
 def check_names(names: Iterable[str], what: str) -> Tuple[str, ...]:
     """The pathway names as a tuple; ValueError unless they are distinct non-empty strings."""
@@ -11,7 +13,7 @@ def check_names(names: Iterable[str], what: str) -> Tuple[str, ...]:
     bad = [name for name in names if not isinstance(name, str) or not name]
     if bad:
         raise ValueError(f"{what}: pathway names must be non-empty strings; got {bad!r}")
-    duplicates = sorted({name for name in names if names.count(name) > 1})
+    duplicates = repeated(names)
     if duplicates:
         raise ValueError(f"{what}: pathway names must be distinct; repeated {duplicates}")
     return names

@@ -5,6 +5,11 @@
 - ``ParameterSnapshot``: trainable parameters, which the meta-step moves to w', w + eps*u and
   w - eps*u in place; restored bitwise with ``copy_`` (same tensors, so optimizers, DDP and
   any other holder of a reference keep seeing the real parameters).
+- ``AttributeSnapshot``: the plain attributes of every submodule (numbers, bools, and tensors
+  that are neither parameters nor buffers), e.g. RetinaNet's ``loss_normalizer`` EMA, which a
+  training-mode forward updates -- or creates, on a detector's first forward. ``restore()``
+  puts the values back and deletes the attributes created since, so the meta-step neither
+  starts that EMA for training nor lets one of its forwards see another's update.
 - ``RngReplay``: the CPU (and current CUDA device's) random state. Every forward of one
   meta-step starts from the same state, so random transforms (e.g. the random-drop reducer,
   dropout) draw the same numbers at w + eps*u and w - eps*u and the finite difference measures
@@ -39,6 +44,40 @@ class BufferSnapshot:
                 owner._buffers[name] = original
 
 
+_PLAIN_VALUES = (bool, int, float)
+
+
+class AttributeSnapshot:
+    """The plain attributes of ``module`` and its submodules, restorable (see the module doc).
+
+    Numbers and bools are saved by value; tensors (a parameter or buffer never appears in a
+    module's ``__dict__``) by a detached copy, written back into the same tensor object. Other
+    values (submodules, configs, lists) are left alone: a forward does not replace them.
+    """
+
+    def __init__(self, module: nn.Module):
+        self._saved = []
+        for owner in module.modules():
+            attributes = vars(owner)
+            values = {
+                name: (value, value.detach().clone() if isinstance(value, torch.Tensor) else None)
+                for name, value in attributes.items()
+                if isinstance(value, (torch.Tensor,) + _PLAIN_VALUES)
+            }
+            self._saved.append((owner, frozenset(attributes), values))
+
+    @torch.no_grad()
+    def restore(self) -> None:
+        for owner, names, values in self._saved:
+            attributes = vars(owner)
+            for name in [name for name in attributes if name not in names]:
+                del attributes[name]  # created since the snapshot
+            for name, (value, copy) in values.items():
+                if copy is not None:
+                    value.copy_(copy)
+                attributes[name] = value
+
+
 class ParameterSnapshot:
     """Detached copies of ``params``; ``step`` writes ``saved + scale * direction`` into them."""
 
@@ -70,3 +109,17 @@ class RngReplay:
         torch.set_rng_state(self.cpu)
         if self.cuda_device is not None:
             torch.cuda.set_rng_state(self.cuda, self.cuda_device)
+
+
+class ForwardStart:
+    """What every forward of one meta-step starts from: the random state (``RngReplay``) and the
+    modules' plain attributes (``AttributeSnapshot``). ``reset()`` before each forward (same
+    draws, same EMA state at every point) and once at the end (nothing survives the step)."""
+
+    def __init__(self, module: nn.Module, device: torch.device):
+        self.rng = RngReplay(device)
+        self.attributes = AttributeSnapshot(module)
+
+    def reset(self) -> None:
+        self.rng.reset()
+        self.attributes.restore()

@@ -14,11 +14,13 @@ and the Hessian-vector product is a finite difference of gradients w.r.t. a::
 
     grad^2_{a,w} L_train . v ~ (grad_a L_train(w + eps v) - grad_a L_train(w - eps v)) / (2 eps)
 
-with ``eps = 0.01 / ||v||``. Here ``grad_a L_train(x) = J^T d(x)`` with ``J = dw_i/da`` (the
+with ``eps = fd_radius / ||xi v||`` (a perturbation of norm ``fd_radius`` in the step's
+direction; see ``fd_radius`` below for the default). Here ``grad_a L_train(x) = J^T d(x)`` with ``J = dw_i/da`` (the
 task losses do not depend on a), so the two perturbed points need only *forward* passes of
 the distillation losses, then one tiny backward through the weighting. With per-parameter
 learning rates (e.g. Detectron2's bias LR factor) ``xi * v`` becomes ``u = Xi v`` and the
-difference is taken along u.
+difference is taken along u. With gradient clipping in the student's optimizer the virtual
+step clips too and u is pulled back through the clipping (``clipping.py``).
 
 There is no first-order mode: DARTS's first-order approximation (xi = 0) drops the second
 term and keeps only ``grad_a L_val``, which is exactly zero here because the held-out loss has
@@ -29,12 +31,16 @@ students (it keeps the double-backward graph of one training forward).
 Side effects, none of which survive the step:
 - parameters are moved in place (w', w +- eps u) and restored bitwise;
 - BatchNorm running statistics and ``num_batches_tracked`` (all buffers) are restored;
-- the global random state is reset before every forward (same draws at every point) and
-  restored at the end;
+- the global random state and the modules' plain attributes (e.g. RetinaNet's
+  ``loss_normalizer`` EMA; attributes a forward creates are deleted) are reset before every
+  forward (same draws and state at every point) and restored at the end;
 - only ``torch.autograd.grad`` is used, so the student's ``.grad`` fields are never touched;
   the logits' ``.grad`` is put back as it was after the Adam step.
 Because parameters are changed in place, call ``step`` outside the trainer's forward/backward
 window (before the step's forward, or after its optimizer step), never between them.
+
+A non-finite held-out or training loss (or hypergradient) skips the update: the logits and
+Adam's moments keep their values (``MetaStepStats.skipped``), instead of turning NaN for good.
 
 Several processes: every rank computes its hypergradient on its own batches, then the
 hypergradient is averaged with ``all_reduce`` before the Adam step, so the logits stay
@@ -52,7 +58,8 @@ import torch
 from torch import nn
 
 from ._common import check_same_names
-from ._snapshot import BufferSnapshot, ParameterSnapshot, RngReplay
+from ._snapshot import BufferSnapshot, ForwardStart, ParameterSnapshot
+from .clipping import GradientClipping
 from .learned import LearnedWeighting
 
 logger = logging.getLogger(__name__)
@@ -68,7 +75,9 @@ class MetaStepStats:
 
     ``heldout_before``: L_val at the current student w (None when not measured);
     ``heldout_after``: L_val at w' after the virtual step; ``epsilon``: the finite-difference
-    step along u (0 in exact mode or when u = 0); ``weights``: after the Adam update.
+    step along u (0 in exact mode or when u = 0); ``weights``: after the Adam update;
+    ``skipped``: the update was skipped because a loss or the hypergradient was not finite on
+    some rank (the hypergradient is then NaN and the logits did not move).
     """
 
     hypergradient: Dict[str, float]
@@ -78,6 +87,7 @@ class MetaStepStats:
     train_loss: float
     epsilon: float
     weights: Dict[str, float]
+    skipped: bool = False
 
 
 def _average_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
@@ -86,6 +96,11 @@ def _average_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
         dist.all_reduce(tensor)
         tensor /= dist.get_world_size()
     return tensor
+
+
+def _finite(*scalars: torch.Tensor) -> bool:
+    """Whether every scalar is finite (one host synchronisation)."""
+    return bool(torch.isfinite(torch.stack([x.reshape(()).double() for x in scalars])).all())
 
 
 def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], **kwargs) -> List[torch.Tensor]:
@@ -109,12 +124,17 @@ class MetaWeightStep:
         virtual_lr: xi of the virtual step; None reads each parameter's current LR from
             ``student_optimizer`` at every step (so it follows the LR schedule).
         student_optimizer: read-only source of the LRs; never stepped or modified.
-        fd_radius: the finite-difference perturbation has this norm (``eps = fd_radius/||u||``,
-            DARTS's 0.01).
+        fd_radius: the finite-difference perturbation has this norm (``eps = fd_radius/||u||``).
+            DARTS's 0.01 is far off on a detector, where ReLU and max-pooling kinks make the
+            error fall only linearly with the radius (26-72 % relative norm error at 0.01,
+            ~1.5 % at 1e-4, in float32 and float64; docs/BENCHMARKS.md §7d); below ~1e-5
+            float32 rounding takes over.
         mode: ``"finite_difference"`` (default) or ``"exact"`` (double backward).
         compute_heldout_losses: optional ``batch -> task_losses`` for the held-out batch, to
             skip the teacher and distillation terms there; defaults to ``compute_losses``.
         measure_heldout_before: also evaluate L_val at w (one extra forward) for the stats.
+        clipping: the student optimizer's gradient clipping, applied in the virtual step
+            (``clipping.py``); None: the optimizer does not clip.
     """
 
     def __init__(
@@ -128,10 +148,11 @@ class MetaWeightStep:
         weight_decay: float = 0.0,
         virtual_lr: Optional[float] = None,
         student_optimizer: Optional[torch.optim.Optimizer] = None,
-        fd_radius: float = 0.01,
+        fd_radius: float = 1e-4,
         mode: str = "finite_difference",
         compute_heldout_losses: Optional[Callable[[Any], LossDict]] = None,
         measure_heldout_before: bool = True,
+        clipping: Optional[GradientClipping] = None,
     ):
         if isinstance(student, nn.parallel.DistributedDataParallel):
             raise ValueError("MetaWeightStep: pass the unwrapped student (ddp_model.module)")
@@ -160,6 +181,7 @@ class MetaWeightStep:
         self.fd_radius = float(fd_radius)
         self.mode = mode
         self.measure_heldout_before = measure_heldout_before
+        self.clipping = clipping
         self.optimizer = torch.optim.Adam(
             [weighting.logits], lr=lr, betas=betas, weight_decay=weight_decay
         )
@@ -201,41 +223,54 @@ class MetaWeightStep:
         params = self._student_params()
         lrs = self._virtual_lrs(params)
         buffers = BufferSnapshot(self.student)
-        rng = RngReplay(params[0].device)
+        start = ForwardStart(self.student, params[0].device)
         weights_snapshot = ParameterSnapshot(params)
+        heldout_before, epsilon = None, 0.0
         try:
-            rng.reset()
+            start.reset()
             train_loss, grads = self._train_gradient(train_batch, params)
-            heldout_before = None
             if self.measure_heldout_before:
-                rng.reset()
+                start.reset()
                 with torch.no_grad():
                     heldout_before = self._heldout_loss(heldout_batch).detach()
-            weights_snapshot.step(grads, [-lr for lr in lrs])  # w' = w - xi grad_w L_train
-            rng.reset()
+            step = self.clipping.clip(grads) if self.clipping is not None else grads
+            weights_snapshot.step(step, [-lr for lr in lrs])  # w' = w - xi clip(grad_w L_train)
+            start.reset()
             heldout_after = self._heldout_loss(heldout_batch)
             v = _grads(heldout_after, params)
             heldout_after = heldout_after.detach()
             weights_snapshot.restore()
-            u = [lr * g for lr, g in zip(lrs, v)]  # xi v, per parameter
-            del grads, v
-            if self.mode == "exact":
-                rng.reset()
-                hypergradient, epsilon = self._exact(train_batch, params, u), 0.0
+            if not _finite(heldout_after, train_loss):
+                # Nothing to learn from: NaN, so that every rank skips (the average is NaN too).
+                hypergradient = torch.full_like(self.weighting.logits, math.nan)
             else:
-                hypergradient, epsilon = self._finite_difference(
-                    train_batch, weights_snapshot, u, rng
-                )
+                u = [lr * g for lr, g in zip(lrs, v)]  # xi v, per parameter
+                if self.clipping is not None:
+                    u = self.clipping.pullback(grads, u)  # C xi v (clipping.py)
+                del grads, step, v
+                if self.mode == "exact":
+                    start.reset()
+                    hypergradient = self._exact(train_batch, params, u)
+                else:
+                    hypergradient, epsilon = self._finite_difference(train_batch, weights_snapshot, u, start)
         finally:
             weights_snapshot.restore()
             buffers.restore()
-            rng.reset()
+            start.reset()
         hypergradient = _average_across_ranks(hypergradient.detach())
-        # No information on any rank (u = 0: zero LR or zero held-out gradient): skip Adam,
-        # whose momentum would otherwise keep moving the logits. Same decision on every rank.
-        if bool(hypergradient.any()):
+        # A non-finite held-out/training loss or hypergradient on any rank: skip the update, so
+        # neither the logits nor Adam's moments become NaN for good. No information on any
+        # rank (u = 0: zero LR or zero held-out gradient): skip Adam too, whose momentum would
+        # otherwise keep moving the logits. Same decisions on every rank.
+        skipped = not bool(torch.isfinite(hypergradient).all())
+        if skipped:
+            logger.warning(
+                "Meta-step skipped: non-finite held-out loss %s, training loss %s or hypergradient; "
+                "the logits and their Adam state are unchanged", float(heldout_after), float(train_loss),
+            )
+        elif bool(hypergradient.any()):
             self._adam_step(hypergradient)
-        return self._stats(hypergradient, heldout_before, heldout_after, train_loss, epsilon)
+        return self._stats(hypergradient, heldout_before, heldout_after, train_loss, epsilon, skipped)
 
     def _student_params(self) -> List[nn.Parameter]:
         own = {id(p) for p in self.weighting.parameters()}
@@ -299,7 +334,7 @@ class MetaWeightStep:
         names = self.weighting.names
         return torch.stack([distill[n].reshape(()) for n in names]).to(self.weighting.logits)
 
-    def _finite_difference(self, batch, snapshot: ParameterSnapshot, u, rng: RngReplay):
+    def _finite_difference(self, batch, snapshot: ParameterSnapshot, u, start: ForwardStart):
         """``-J^T (d(w + eps u) - d(w - eps u)) / (2 eps)`` with ``eps = fd_radius / ||u||``."""
         logits = self.weighting.logits
         norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in u)))
@@ -311,7 +346,7 @@ class MetaWeightStep:
             distill = []
             for sign in (1.0, -1.0):
                 snapshot.step(u, [sign * epsilon] * len(u))
-                rng.reset()
+                start.reset()
                 distill.append(self._distill_vector(batch))
             snapshot.restore()
         difference = (distill[0] - distill[1]) / (2.0 * epsilon)
@@ -340,7 +375,7 @@ class MetaWeightStep:
         finally:
             logits.grad = previous
 
-    def _stats(self, hypergradient, heldout_before, heldout_after, train_loss, epsilon):
+    def _stats(self, hypergradient, heldout_before, heldout_after, train_loss, epsilon, skipped):
         names = self.weighting.names
         with torch.no_grad():
             weights = self.weighting.weight_vector()
@@ -359,6 +394,7 @@ class MetaWeightStep:
             train_loss=rest[1],
             epsilon=epsilon,
             weights=dict(zip(names, weight_values)),
+            skipped=skipped,
         )
         logger.debug("Meta-step: %s", stats)
         return stats

@@ -1,0 +1,274 @@
+"""The budgeted study: the runs of benchmarks/study.py, planned against the ledger, trained
+within a device-time budget and recorded in it.
+
+    python tools/distill_mini_digits.py --mode gpu --students baseline,AMP --seeds 0,1,2 \
+        --budget-min 10 --ledger docs/results/study
+
+Each run is a ``tools/train_net.py`` process (:func:`benchmarks.study.run_training`) in
+``<out-dir>/<name>_seed<seed>_<hash[:8]>/``; when it ends, its summary goes to the ledger
+(:mod:`benchmarks.ledger`) and beside its weights (``ledger_entry.json``, which marks the
+folder's weights as usable by later runs on this machine). Runs already in the ledger (same
+config hash and seed) are skipped; which of the others run is :mod:`benchmarks.study_plan`'s
+choice. A run is started only if its estimated end still fits the budget at that moment.
+"""
+import json
+import logging
+import os
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Dict, List, Optional, Sequence
+
+from benchmarks import ledger
+from benchmarks.study import CONFIGS, FINETUNES, MODES, STUDENTS, TEACHER, TEACHER_NAME, check_study, run_training
+from benchmarks.study_plan import Job, Plan, plan_study
+from mgd_det.config import setup_cfg
+
+logger = logging.getLogger(__name__)
+
+TEACHER_KEY = "teacher"
+TEACHER_SEED = 0
+ENTRY_FILE = "ledger_entry.json"
+
+# The tiny data sets standing in for the bundled ones in the smoke mode (tests, DRYRUN).
+TINY_DATASETS = {
+    "mini_digits_train": "mini_digits_tiny_train",
+    "mini_digits_val": "mini_digits_tiny_val",
+    "mini_digits_pool": "mini_digits_pool_tiny",
+    "mini_digits_train_images": "mini_digits_tiny_train_images",
+}
+TINY_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INPUT.MIN_SIZE_TEST", "64",
+             "INPUT.MAX_SIZE_TEST", "64", "MGD.UPDATE.NUM_BATCHES", "2", "DATALOADER.NUM_WORKERS", "0"]
+
+
+@dataclass
+class StudyJob:
+    """A planned run with what it takes to train it."""
+
+    job: Job
+    config: str
+    opts: List[str]
+    cfg: object  # the resolved config (for iterations and batch)
+    teacher: bool  # learns from the teacher
+    start_from: Optional[str] = None  # key of the run whose weights it starts from
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.job.name}_seed{self.job.seed}_{self.job.config_hash[:8]}"
+
+
+@dataclass
+class StudyOutcome:
+    plan: Plan
+    ran: List[dict] = field(default_factory=list)  # ledger entries written
+    not_started: List[str] = field(default_factory=list)  # keys: over the budget when their turn came
+    failed: Dict[str, str] = field(default_factory=dict)  # key -> error
+
+    def lines(self) -> List[str]:
+        out = [f"Study session: {len(self.ran)} run(s) recorded, {len(self.plan.in_ledger)} skipped "
+               f"(in the ledger), {len(self.plan.remaining) + len(self.not_started)} left for a later session, "
+               f"{len(self.failed)} failed"]
+        out += [f"  recorded {e['run']} (AP {ledger.final_metrics(e).get('AP', float('nan')):.2f}, "
+                f"{e['wall_s'] / 60:.1f} min)" for e in self.ran]
+        out += [f"  skipped  {j.key} (in the ledger)" for j in self.plan.in_ledger]
+        out += [f"  remains  {j.key}" for j in self.plan.remaining]
+        out += [f"  remains  {k} (not started: its estimate no longer fitted the budget)" for k in self.not_started]
+        out += [f"  FAILED   {k}: {err}" for k, err in self.failed.items()]
+        return out
+
+
+def _tiny_opts(cfg) -> List[str]:
+    """TINY_OPTS plus the tiny counterparts of the config's data sets."""
+    opts = list(TINY_OPTS)
+    for key in ("TRAIN", "TEST"):
+        names = tuple(TINY_DATASETS.get(n, n) for n in getattr(cfg.DATASETS, key))
+        opts += [f"DATASETS.{key}", repr(names)]
+    return opts
+
+
+class StudyBuilder:
+    """The jobs of one study: resolved configs, hashes and prerequisites."""
+
+    def __init__(self, mode: str, extra_opts: Sequence[str] = ()):
+        self.mode = mode
+        self.schedule = MODES[mode]
+        self.extra_opts = list(extra_opts)
+        self.jobs: Dict[str, StudyJob] = {}
+
+    def _resolve(self, config: str, opts: List[str], identities: Dict[str, str]):
+        cfg = setup_cfg(config, opts + self.extra_opts)
+        if self.schedule.tiny:
+            opts = opts + _tiny_opts(cfg)
+            cfg = setup_cfg(config, opts + self.extra_opts)
+        return cfg, opts + self.extra_opts, ledger.config_hash(cfg, identities)
+
+    def add(self, key: str, name: str, role: str, seed: int, config: str, opts: List[str],
+            teacher: bool = False, start_from: Optional[str] = None) -> StudyJob:
+        if key in self.jobs:
+            return self.jobs[key]
+        identities, needs = {}, []
+        if teacher:
+            t = self.teacher()
+            identities["MGD.TEACHER.WEIGHTS"] = ledger.run_identity(t.job.name, t.job.config_hash, t.job.seed)
+            needs.append(t.job.key)
+        if start_from:
+            s = self.jobs[start_from]
+            identities["MODEL.WEIGHTS"] = ledger.run_identity(s.job.name, s.job.config_hash, s.job.seed)
+            needs.append(start_from)
+        cfg, opts, digest = self._resolve(config, opts + ["SEED", str(seed)], identities)
+        job = Job(key, name, role, seed, digest, int(cfg.SOLVER.MAX_ITER), tuple(needs))
+        self.jobs[key] = StudyJob(job, config, opts, cfg, teacher, start_from)
+        return self.jobs[key]
+
+    def teacher(self) -> StudyJob:
+        s = self.schedule
+        return self.add(TEACHER_KEY, TEACHER_NAME, "teacher", TEACHER_SEED, os.path.join(CONFIGS, TEACHER),
+                        s.solver_opts(s.teacher_iters))
+
+    def student(self, name: str, seed: int) -> StudyJob:
+        s = self.schedule
+        return self.add(f"{name}/seed{seed}", name, "student", seed, os.path.join(CONFIGS, STUDENTS[name]),
+                        s.solver_opts(s.student_iters), teacher=name != "baseline")
+
+    def finetune(self, name: str, seed: int) -> StudyJob:
+        config, distils = FINETUNES[name]
+        base = self.student("baseline", seed)
+        # The start weights' path is filled in when the run starts (_Session._train); hashed by identity.
+        return self.add(f"{name}/seed{seed}", name, "finetune", seed, os.path.join(CONFIGS, config),
+                        self.schedule.finetune_opts(""), teacher=distils, start_from=base.job.key)
+
+
+def build_study(mode: str, students: Sequence[str], seeds: Sequence[int], finetune: bool = False,
+                extra_opts: Sequence[str] = ()) -> tuple:
+    """(wanted jobs in priority order, every StudyJob by key): the teacher first when a run
+    learns from it, then seed by seed every student (so a partial study has every row at one
+    seed before any at two), then the fine-tuning rows."""
+    students = check_study(mode, students, finetune)
+    builder = StudyBuilder(mode, extra_opts)
+    wanted = [builder.student(name, seed) for seed in seeds for name in students]
+    wanted += [builder.finetune(name, seed) for seed in seeds for name in (FINETUNES if finetune else ())]
+    if any(j.teacher for j in wanted):
+        wanted.insert(0, builder.teacher())
+    return [j.job for j in wanted], builder.jobs
+
+
+def local_entries(jobs: Dict[str, StudyJob], out_root: str) -> Dict[str, dict]:
+    """Key -> ledger entry of the runs whose finished weights are in ``out_root`` (this machine)."""
+    found = {}
+    for key, sj in jobs.items():
+        folder = os.path.join(out_root, sj.folder_name)
+        entry_path = os.path.join(folder, ENTRY_FILE)
+        if os.path.isfile(os.path.join(folder, "model_final.pth")) and os.path.isfile(entry_path):
+            with open(entry_path) as f:
+                found[key] = ledger.validate_entry(json.load(f), entry_path)
+    return found
+
+
+def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, device: str, parallel: int,
+               teacher: Optional[dict], start: Optional[dict]) -> dict:
+    """The ledger entry of a finished run in ``folder``."""
+    job, when = sj.job, ledger.now()
+    batch = int(sj.cfg.SOLVER.IMS_PER_BATCH)
+    weights = os.path.join(folder, "model_final.pth")
+    return {
+        "schema": ledger.SCHEMA, "run": ledger.run_id(job.name, job.config_hash, job.seed, when),
+        "name": job.name, "role": job.role, "mode": mode,
+        "config": os.path.relpath(sj.config, ledger.REPO), "config_hash": job.config_hash, "seed": job.seed,
+        "iterations": job.iterations, "ims_per_batch": batch, "images_per_s": ledger.images_per_second(folder, batch),
+        "device": device, "parallel": parallel, "wall_s": float(metrics.get("wall_s", 0.0)),
+        "evaluations": ledger.read_evaluations(folder),
+        "weights_sha256": ledger.file_sha256(weights) if os.path.isfile(weights) else None,
+        "teacher": teacher and ledger.identity(teacher), "start": start and ledger.identity(start),
+        "date": when.isoformat(), "git_commit": ledger.git_commit(),
+    }
+
+
+class _Session:
+    """Runs the plan: ``parallel`` at a time, each after its prerequisites, each only if its
+    estimate still fits the budget when its turn comes."""
+
+    def __init__(self, jobs, plan, out_root, ledger_dir, mode, device, parallel, local):
+        self.jobs, self.plan, self.out_root, self.ledger_dir = jobs, plan, out_root, ledger_dir
+        self.mode, self.device, self.parallel = mode, device, parallel
+        self.entries: Dict[str, dict] = dict(local)  # key -> entry of weights on this machine
+        self.done = {p.job.key: threading.Event() for p in plan.run}
+        self.outcome = StudyOutcome(plan)
+        self.lock = threading.Lock()
+        self.start = time.monotonic()
+
+    def _folder(self, key: str) -> str:
+        return os.path.join(self.out_root, self.jobs[key].folder_name)
+
+    def run_one(self, planned) -> None:
+        key = planned.job.key
+        try:
+            for need in planned.job.needs:
+                if need in self.done:
+                    self.done[need].wait()
+            missing = [n for n in planned.job.needs if n not in self.entries]
+            if missing:
+                with self.lock:
+                    if all(n in self.outcome.not_started for n in missing):
+                        self.outcome.not_started.append(key)
+                    else:
+                        self.outcome.failed[key] = f"prerequisite(s) {missing} did not finish"
+                return
+            if time.monotonic() - self.start + planned.estimate_s > self.plan.budget_s:
+                with self.lock:
+                    self.outcome.not_started.append(key)
+                return
+            self._train(key)
+        except Exception as err:  # one failed run must not stop the session's others
+            logger.exception("Study run %s failed", key)
+            with self.lock:
+                self.outcome.failed[key] = str(err)
+        finally:
+            self.done[key].set()
+
+    def _train(self, key: str) -> None:
+        sj = self.jobs[key]
+        opts = list(sj.opts)
+        teacher = self.entries[TEACHER_KEY] if sj.teacher else None
+        start = self.entries[sj.start_from] if sj.start_from else None
+        if teacher:
+            opts += ["MGD.TEACHER.WEIGHTS", os.path.join(self._folder(TEACHER_KEY), "model_final.pth")]
+        if start:
+            opts += ["MODEL.WEIGHTS", os.path.join(self._folder(sj.start_from), "model_final.pth")]
+        folder = self._folder(key)
+        metrics = run_training(sj.config, folder, opts)
+        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start)
+        ledger.write_entry(self.ledger_dir, entry)
+        ledger.write_entry(folder, entry, ENTRY_FILE)
+        with self.lock:
+            self.entries[key] = entry
+            self.outcome.ran.append(entry)
+
+    def run(self) -> StudyOutcome:
+        with ThreadPoolExecutor(max_workers=max(1, self.parallel)) as pool:
+            list(pool.map(self.run_one, self.plan.run))
+        return self.outcome
+
+
+def run_budgeted_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str, ledger_dir: str,
+                       budget_min: Optional[float] = None, finetune: bool = False, parallel: int = 1,
+                       extra_opts: Sequence[str] = (), default_s_per_it: Optional[float] = None) -> StudyOutcome:
+    """Plan the study against the ledger, train what fits ``budget_min`` minutes, record it.
+    ``default_s_per_it``: the planner's estimate where the ledger has nothing from this device."""
+    wanted, jobs = build_study(mode, students, seeds, finetune, extra_opts)
+    device = ledger.device_description()
+    local = local_entries(jobs, out_root)
+    entries = ledger.read_ledger(ledger_dir)
+    known = {e["run"] for e in entries}
+    # A run finished here but missing from this ledger (e.g. recorded in another folder): record it.
+    for entry in local.values():
+        if entry["run"] not in known:
+            ledger.write_entry(ledger_dir, entry)
+            entries.append(entry)
+    budget_s = float("inf") if budget_min is None else budget_min * 60.0
+    plan = plan_study(wanted, entries, device, budget_s, parallel, set(local), {k: j.job for k, j in jobs.items()},
+                      default_s_per_it)
+    logger.info("Study %s on %s, ledger %s:\n%s", mode, device, ledger_dir, "\n".join(plan.lines()))
+    outcome = _Session(jobs, plan, out_root, ledger_dir, mode, device, parallel, local).run()
+    logger.info("\n".join(outcome.lines()))
+    return outcome
