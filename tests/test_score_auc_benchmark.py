@@ -1,0 +1,54 @@
+"""benchmarks.score_auc's measurements on synthetic inputs (the figures of BENCHMARKS.md §10)."""
+import numpy as np
+import pytest
+import torch
+
+from benchmarks.score_auc import gradient_shares, old_box_loss, roc_auc
+
+CLASSES = 3
+
+
+def _batch(num_fg=4, num_bg=400, seed=0):
+    """One level (1, A*C, 1, anchors) with A = 1: ``num_fg`` anchors at p 0.9, the rest at 0.05-0.3."""
+    gen = torch.Generator().manual_seed(seed)
+    anchors = num_fg + num_bg
+    p = 0.01 + 0.02 * torch.rand(anchors, CLASSES, generator=gen)
+    p[num_fg:, 0] = 0.05 + 0.25 * torch.rand(num_bg, generator=gen)
+    p[:num_fg, 1] = 0.9
+    t_logits = torch.logit(p).t().reshape(1, CLASSES, 1, anchors)
+    t_deltas = torch.randn(1, 4, 1, anchors, generator=gen)
+    s_logits = torch.full_like(t_logits, -4.0)
+    s_deltas = torch.zeros_like(t_deltas)
+    return [s_logits], [s_deltas], [t_logits], [t_deltas]
+
+
+def test_box_share_moves_to_the_foreground_and_tau_one_is_the_old_weighting():
+    sharp = gradient_shares([_batch()], CLASSES, fg_temperature=0.1)
+    assert sharp["foreground_anchors_per_image"] == 4
+    assert sharp["box"]["old"]["foreground_share"] < 0.1
+    assert sharp["box"]["new"]["foreground_share"] > 0.9
+    assert sharp["box"]["weight_share_on_foreground"]["new"] > 0.9
+    soft = gradient_shares([_batch()], CLASSES, fg_temperature=1.0)
+    assert soft["box"]["new"]["foreground_share"] == pytest.approx(soft["box"]["old"]["foreground_share"], rel=1e-5)
+
+
+def test_kd_floor_and_foreground_gradient():
+    result = gradient_shares([_batch()], CLASSES, fg_temperature=0.1)
+    kd = result["kd"]
+    assert kd["loss_at_the_teacher"]["new"] == pytest.approx(0.0, abs=1e-5)
+    assert kd["loss_at_the_teacher"]["old"] > 0.05  # the teacher's entropy
+    assert kd["new"]["mean_abs_grad_per_foreground_anchor"] > 100 * kd["old"]["mean_abs_grad_per_foreground_anchor"]
+
+
+def test_old_box_loss_is_the_probability_weighted_mean():
+    s_logits, s_deltas, t_logits, t_deltas = _batch(num_fg=1, num_bg=1)
+    weight = torch.sigmoid(t_logits[0]).view(CLASSES, 2).amax(dim=0)
+    err = torch.nn.functional.smooth_l1_loss(s_deltas[0], t_deltas[0], beta=0.1, reduction="none").view(4, 2).sum(0)
+    expected = (err * weight).sum() / weight.sum().clamp(min=1.0)
+    assert float(old_box_loss(s_deltas, t_logits, t_deltas, CLASSES)) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_roc_auc():
+    assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
+    assert roc_auc(np.zeros(4), np.array([False, True, False, True])) == pytest.approx(0.5)
+    assert np.isnan(roc_auc(np.ones(3), np.ones(3, dtype=bool)))
