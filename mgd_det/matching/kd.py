@@ -117,4 +117,20 @@ def dense_kd_loss(
             raise ValueError(f"student and teacher logits differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
         total = total + bernoulli_kl(s, t, temperature).sum()
         mass = mass + foreground_weight(t, fg_temperature).sum()
-    return total / mass.clamp(min=float(student_logits[0].shape[0]))
+    return total / _mean_over_processes(mass).clamp(min=float(student_logits[0].shape[0]))
+
+
+def _mean_over_processes(mass: torch.Tensor) -> torch.Tensor:
+    """The foreground mass averaged over the processes of a distributed run (no host read).
+
+    Each process's loss divides by the *mean* mass, so the average of the processes'
+    gradients equals the gradient of the union batch divided by the union's mass, as on one
+    process (the normaliser is a detached constant, like RetinaNet's foreground count).
+    """
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return mass
+    mass = mass.detach().clone()
+    dist.all_reduce(mass)
+    return mass / dist.get_world_size()
