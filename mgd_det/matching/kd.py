@@ -15,6 +15,7 @@ from __future__ import annotations
 from typing import Sequence
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
 KD_KINDS = ("softmax", "sigmoid")
@@ -127,8 +128,6 @@ def _mean_over_processes(mass: torch.Tensor) -> torch.Tensor:
     gradients equals the gradient of the union batch divided by the union's mass, as on one
     process (the normaliser is a detached constant, like RetinaNet's foreground count).
     """
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return mass
     mass = mass.detach().clone()
