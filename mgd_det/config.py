@@ -88,6 +88,10 @@ def add_mgd_config(cfg: CN) -> CN:
     # Norm of the finite-difference perturbation of the Hessian-vector product (eps = radius /
     # ||xi v||, as in DARTS, whose 0.01 is 26-72 % off on a detector; 1e-4: ~1.5 %, BENCHMARKS §7d).
     cfg.MGD.DISTPRO.FD_RADIUS = 1e-4
+    # How the meta-step gets the Hessian-vector product: "finite_difference" (two extra
+    # gradients, FD_RADIUS) or "exact" (double backward: no finite-difference noise, but more
+    # memory and not every op supports it; for small models, tests and checking FD_RADIUS).
+    cfg.MGD.DISTPRO.HYPERGRADIENT = "finite_difference"
     # "replay": the trajectory JSON of a learned run (its OUTPUT_DIR/distpro_trajectory.json).
     cfg.MGD.DISTPRO.TRAJECTORY = ""
     # "replay": SOLVER.MAX_ITER of the run that recorded TRAJECTORY, stretched linearly to this

@@ -29,6 +29,7 @@ RESUME_SETTINGS: Dict[str, str] = {
     "MGD.KD.WEIGHT": LOGGED,
     "MGD.KD.TEMPERATURE": LOGGED,
     "MGD.KD.FOREGROUND_TEMPERATURE": LOGGED,
+    "MGD.KD.FOCAL_GAMMA": LOGGED,
     "MGD.UPDATE.PERIOD": LOGGED,
     "MGD.UPDATE.SLOW_AFTER": LOGGED,
     "MGD.UPDATE.SLOW_PERIOD": LOGGED,
@@ -38,6 +39,8 @@ RESUME_SETTINGS: Dict[str, str] = {
     "MGD.UNLABELED.TEMPERATURE": LOGGED,
     "MGD.UNLABELED.UNIFORM_SHARE": LOGGED,
     "MGD.UNLABELED.LABELED_SHARE": LOGGED,
+    # How DistPro's hypergradient is computed (the logits and their Adam state mean the same).
+    "MGD.DISTPRO.HYPERGRADIENT": LOGGED,
 }
 
 Change = Tuple[str, object, object]  # (key, saved value, current value)

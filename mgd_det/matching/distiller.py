@@ -28,7 +28,7 @@ from .background_solve import SolveJob
 from .matcher import ChannelMatcher, matcher_key
 from .outputs import NetOutputs, TeacherOutput
 from .families import BuildContext, build_pathway, reads_head, register_family
-from .kd import FOREGROUND_TEMPERATURE
+from .kd import FOCAL_GAMMA, FOREGROUND_TEMPERATURE, check_focal_gamma
 from .pathways import (
     MatchedFeaturePathway,
     OutputBoxPathway,
@@ -80,7 +80,7 @@ def _build_pkd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
 
 @register_family("KD", reads_head=True)
 def _build_kd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
-    return OutputKDPathway(spec, ctx.kd_temperature, ctx.kd_fg_temperature)
+    return OutputKDPathway(spec, ctx.kd_temperature, ctx.kd_fg_temperature, ctx.kd_focal_gamma)
 
 
 @register_family("BOX", reads_head=True)
@@ -104,6 +104,8 @@ class PathwayDistiller(nn.Module):
         kd_temperature: temperature of the KD family.
         kd_fg_temperature: foreground temperature of the KD and BOX families (the weight of an
             anchor is sigmoid(teacher logit / kd_fg_temperature); see :mod:`.kd`).
+        kd_focal_gamma: focal exponent of the KD family (each element's KL is weighted by
+            |p_s - p_t|^kd_focal_gamma; 0: the plain KL; see :mod:`.kd`).
         num_classes: classes of the dense head (the BOX family reads per-class logits).
     """
 
@@ -118,6 +120,7 @@ class PathwayDistiller(nn.Module):
         kd_temperature: float = 1.0,
         num_classes: int = 0,
         kd_fg_temperature: float = FOREGROUND_TEMPERATURE,
+        kd_focal_gamma: float = FOCAL_GAMMA,
     ):
         super().__init__()
         specs = list(specs)
@@ -132,8 +135,12 @@ class PathwayDistiller(nn.Module):
         self.pathways = nn.ModuleDict()
         if not kd_fg_temperature > 0:
             raise ConfigError(f"kd_fg_temperature must be positive; got {kd_fg_temperature}")
+        try:
+            check_focal_gamma(kd_focal_gamma)
+        except ValueError as err:
+            raise ConfigError(f"kd_focal_gamma: {err}") from err
         context = BuildContext(channels, student_norm, num_groups, allow_sharing, kd_temperature, num_classes,
-                               self.matchers, kd_fg_temperature)
+                               self.matchers, kd_fg_temperature, kd_focal_gamma)
         for spec in specs:
             self.pathways[spec.name] = build_pathway(spec, context)
         self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Dict, Mapping, Tuple
 from torch import nn
 
 from ..errors import ConfigError
-from .kd import FOREGROUND_TEMPERATURE
+from .kd import FOCAL_GAMMA, FOREGROUND_TEMPERATURE
 
 if TYPE_CHECKING:
     from .pathways import Pathway, PathwaySpec
@@ -40,6 +40,8 @@ class BuildContext:
     matchers: nn.ModuleDict  # the distiller's matchers, shared by matched pathways at a position
     # tau of the KD and BOX families' foreground weight sigmoid(teacher logit / tau) (see .kd)
     kd_fg_temperature: float = FOREGROUND_TEMPERATURE
+    # gamma of the KD family's focal weight |p_s - p_t|^gamma on each element (see .kd)
+    kd_focal_gamma: float = FOCAL_GAMMA
 
 
 Builder = Callable[["PathwaySpec", BuildContext], "Pathway"]

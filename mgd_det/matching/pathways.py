@@ -16,7 +16,8 @@ of its pathway, so a new family is one ``register_family``):
   (= 2·(1 − Pearson correlation)). Needs no matching; a 1×1 connector maps the student to the
   teacher's width only where the widths differ. Suits FPN outputs, whose scale is arbitrary.
 - ``KD`` -- Hinton knowledge distillation on the dense head's classification logits
-  (sigmoid per anchor and class, as RetinaNet predicts them).
+  (sigmoid per anchor and class, as RetinaNet predicts them), focal-weighted per element so
+  the background the student already matches does not swamp the foreground.
 - ``BOX`` -- dense distillation of the head's box regression: smooth-L1 between student and
   teacher box deltas, weighted per anchor by the teacher's confidence. With ``KD`` it lets a
   student learn the teacher's outputs without any annotation.
@@ -37,7 +38,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ._checks import check_feature_pair
-from .kd import FOREGROUND_TEMPERATURE, dense_kd_loss, foreground_weight
+from .kd import FOCAL_GAMMA, FOREGROUND_TEMPERATURE, check_focal_gamma, dense_kd_loss, foreground_weight
 from .loss import partial_l2_loss
 from .matcher import ChannelMatcher
 from .outputs import NetOutputs, TeacherOutput
@@ -186,21 +187,29 @@ class StandardizedFeaturePathway(Pathway):
 
 
 class OutputKDPathway(Pathway):
-    """Hinton KD on dense sigmoid logits, normalised by the teacher's foreground mass
-    (:func:`~.kd.dense_kd_loss`): a foreground anchor's gradient is ~1/(foreground anchors),
-    not ~1/(anchors x classes), and the loss is 0 when the student matches the teacher."""
+    """Hinton KD on dense sigmoid logits, focal-weighted per element by |p_s - p_t|^focal_gamma
+    and normalised by the teacher's foreground mass (:func:`~.kd.dense_kd_loss`): a foreground
+    anchor's gradient is ~1/(foreground anchors), not ~1/(anchors x classes), the background
+    elements the student already matches barely count, and the loss is 0 when the student
+    matches the teacher."""
 
-    def __init__(self, spec: PathwaySpec, temperature: float, fg_temperature: float = FOREGROUND_TEMPERATURE):
+    def __init__(self, spec: PathwaySpec, temperature: float, fg_temperature: float = FOREGROUND_TEMPERATURE,
+                 focal_gamma: float = FOCAL_GAMMA):
         super().__init__(spec)
         if not temperature > 0 or not fg_temperature > 0:
             raise ConfigError(f"KD temperatures must be positive; got {temperature} and {fg_temperature} (foreground)")
+        try:
+            check_focal_gamma(focal_gamma)
+        except ValueError as err:
+            raise ConfigError(f"KD {err}") from err
         self.temperature = float(temperature)
         self.fg_temperature = float(fg_temperature)
+        self.focal_gamma = float(focal_gamma)
 
     def forward(self, student, teacher, teacher_features):
         student.require_head("student", f"pathway {self.name!r}")
         teacher.require_head("teacher", f"pathway {self.name!r}")
-        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature)
+        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature, self.focal_gamma)
 
 
 class OutputBoxPathway(Pathway):

@@ -29,6 +29,7 @@ from mgd_det.matching import REDUCERS, STUDENT_NORMS
 from mgd_det.matching._checks import repeated
 from mgd_det.matching.distiller import PathwayDistiller, mgd_pathway_specs
 from mgd_det.matching.distpro import LearnedWeighting, ReplayWeighting, load_trajectory
+from mgd_det.matching.distpro.meta_step import MODES as HYPERGRADIENT_MODES
 from mgd_det.matching.pathways import PathwaySpec, parse_pathway
 from mgd_det.matching.weighting import ConstantWeighting, LossWeighting
 
@@ -47,6 +48,7 @@ CORE_ARGUMENT_KEYS = {
     "num_groups": "MGD.NORM_GROUPS",
     "kd_temperature": "MGD.KD.TEMPERATURE",
     "kd_fg_temperature": "MGD.KD.FOREGROUND_TEMPERATURE",
+    "kd_focal_gamma": "MGD.KD.FOCAL_GAMMA",
 }
 
 
@@ -116,7 +118,7 @@ def build_pathway_distiller(cfg: CfgNode, specs: Sequence[PathwaySpec], channels
             specs, channels, student_norm=cfg.MGD.STUDENT_NORM, num_groups=cfg.MGD.NORM_GROUPS,
             allow_sharing=cfg.MGD.ALLOW_CHANNEL_SHARING, weighting=build_loss_weighting(cfg, specs),
             kd_temperature=cfg.MGD.KD.TEMPERATURE, num_classes=num_classes,
-            kd_fg_temperature=cfg.MGD.KD.FOREGROUND_TEMPERATURE,
+            kd_fg_temperature=cfg.MGD.KD.FOREGROUND_TEMPERATURE, kd_focal_gamma=cfg.MGD.KD.FOCAL_GAMMA,
         )
     except ConfigError as err:
         text, keys = str(err), [key for arg, key in CORE_ARGUMENT_KEYS.items() if re.search(rf"\b{arg}\b", str(err))]
@@ -216,6 +218,8 @@ def check_kd(cfg: CfgNode) -> Iterator[str]:
     yield from number_problems(cfg, "MGD.KD.TEMPERATURE", minimum=0, strict=True, hint=", e.g. 1.0")
     yield from number_problems(cfg, "MGD.KD.FOREGROUND_TEMPERATURE", minimum=0, strict=True,
                                hint=" (the KD and BOX pathways' foreground sharpness), e.g. 0.1")
+    yield from number_problems(cfg, "MGD.KD.FOCAL_GAMMA", minimum=0,
+                               hint=" (the dense KD's focal exponent; 0: the plain KL), e.g. 2.0")
 
 
 @register_config_check
@@ -234,6 +238,11 @@ def check_distpro_numbers(cfg: CfgNode) -> Iterator[str]:
                 "is not a number")
         yield (f"MGD.DISTPRO.HELDOUT_FRACTION must be > 0 and < 1 (got {fraction!r}, which {what}): "
                "the share of the training set DistPro holds out, e.g. 0.05")
+
+
+@register_config_check
+def check_distpro_hypergradient(cfg: CfgNode) -> Iterator[str]:
+    yield from choice_problems(cfg, "MGD.DISTPRO.HYPERGRADIENT", HYPERGRADIENT_MODES)
 
 
 def _pathway_names(cfg: CfgNode) -> Optional[List[str]]:
