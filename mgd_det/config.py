@@ -132,6 +132,11 @@ def add_mgd_config(cfg: CN) -> CN:
     # normalised by the teacher's foreground mass (the sum of these weights). 1: the teacher's
     # probability itself; 0.1: close to the indicator of p >= 0.5 (mgd_det/matching/kd.py).
     cfg.MGD.KD.FOREGROUND_TEMPERATURE = 0.1
+    # Focal exponent gamma of the dense KD pathway: each element's KL is weighted by
+    # |student probability - teacher probability|^gamma (detached), as the focal loss weights
+    # its terms, so the ~10^4 background elements a student already matches stop swamping the
+    # foreground ones. 0: the plain KL (mgd_det/matching/kd.py, docs/BENCHMARKS.md §10).
+    cfg.MGD.KD.FOCAL_GAMMA = 2.0
 
     # Flag NaN/Inf teacher/student features every this many iterations (device-side, read
     # only when training stops, to name the position behind a NaN loss); 0 disables it.

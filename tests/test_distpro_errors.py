@@ -38,11 +38,14 @@ def error_of(cfg, exc=ConfigError, resume=False):
         (["MGD.PATHWAYS", "[]", "MGD.POSITIONS", "['res5']", "MGD.FACTORS", "[2e-6]"], r"needs at least 2 pathways.*\['mgd_res5'\]"),
         (["DATALOADER.SAMPLER_TRAIN", "RepeatFactorTrainingSampler"], r"DATALOADER.SAMPLER_TRAIN 'RepeatFactorTrainingSampler' cannot be used with MGD.WEIGHTING 'learned'"),
         (["MGD.DISTPRO.LR", "0.0"], r"MGD.DISTPRO.LR must be a number > 0"),
+        (["MGD.DISTPRO.HYPERGRADIENT", "double_backward"],
+         r"MGD.DISTPRO.HYPERGRADIENT must be one of finite_difference, exact \(got 'double_backward'\)"),
         (["MGD.WEIGHTING", "replay"], r"MGD.DISTPRO.TRAJECTORY is empty: MGD.WEIGHTING 'replay' needs the distpro_trajectory.json"),
         (["MGD.WEIGHTING", "replay", "MGD.DISTPRO.TRAJECTORY", "no/such/trajectory.json"], r"MGD.DISTPRO.TRAJECTORY no/such/trajectory.json not found"),
     ],
     ids=["heldout_zero", "heldout_one", "heldout_no_image", "heldout_all_images", "period_zero", "period_negative",
-         "one_pathway", "one_position", "sampler", "lr_zero", "no_trajectory", "missing_trajectory"],
+         "one_pathway", "one_position", "sampler", "lr_zero", "hypergradient", "no_trajectory",
+         "missing_trajectory"],
 )
 def test_bad_input_is_one_clear_error(tmp_path, tiny_cfg, opts, expected):
     message = error_of(tiny_cfg(CONFIG, tmp_path, *OPTS, *opts))

@@ -27,7 +27,8 @@ Learned mode, per run:
   covers the training steps only. So a run's training stream does
   not depend on anything but the weights the meta-step chose.
 - The virtual step clips gradients as SOLVER.CLIP_GRADIENTS makes the student's optimizer do
-  (:mod:`mgd_det.matching.distpro.clipping`).
+  (:mod:`mgd_det.matching.distpro.clipping`). The Hessian-vector product is a finite
+  difference (FD_RADIUS) or, with ``MGD.DISTPRO.HYPERGRADIENT "exact"``, a double backward.
 - A meta-step whose held-out loss (or hypergradient) is not finite is skipped: the weights
   and their Adam state stay as they were; a WARNING names the iteration.
 - Logged at every meta-step to EventStorage and written out before the next one (the file
@@ -238,7 +239,7 @@ class DistProHook(HookBase):
         self.period = distpro.PERIOD
         self.meta = MetaWeightStep(
             model, self._train_losses, weighting, lr=distpro.LR, virtual_lr=distpro.VIRTUAL_LR or None,
-            student_optimizer=student_optimizer, fd_radius=distpro.FD_RADIUS,
+            student_optimizer=student_optimizer, fd_radius=distpro.FD_RADIUS, mode=distpro.HYPERGRADIENT,
             compute_heldout_losses=self._heldout_losses, measure_heldout_before=False,
             clipping=gradient_clipping(cfg),
         )
@@ -250,6 +251,7 @@ class DistProHook(HookBase):
         self.trajectory_file = os.path.join(cfg.OUTPUT_DIR, TRAJECTORY_FILE)
         self.checkpoint_period = cfg.SOLVER.CHECKPOINT_PERIOD
         self._loaded = False
+        self._unoptimised_jit = contextlib.ExitStack()
         self._teacher = None  # (training batch, its teacher output) during a meta-step
         observer.add_callback(self._on_batch)
 
@@ -318,6 +320,12 @@ class DistProHook(HookBase):
                 "checkpoint holds no learned-weighting state (it was trained with another MGD.WEIGHTING): "
                 "resume with the weighting it was trained with, or start a fresh OUTPUT_DIR"
             )
+        # TorchScript runs a scripted function's first calls in a process (RetinaNet's
+        # sigmoid_focal_loss_jit) unoptimised and later ones through its optimised graph, which
+        # rounds differently: a resumed process would round its first steps unlike the
+        # uninterrupted run, and the meta-steps magnify such differences (to ~1e-2 relative in
+        # the losses within 3 iterations). One path for every call keeps a resume exact.
+        self._unoptimised_jit.enter_context(torch.jit.optimized_execution(False))
 
     def before_step(self):
         # Detectron2's writers keep only each scalar's latest value between their writes (every
@@ -334,6 +342,7 @@ class DistProHook(HookBase):
             self.export_trajectory()
 
     def after_train(self):
+        self._unoptimised_jit.close()
         self.export_trajectory()
 
     def export_trajectory(self) -> None:
