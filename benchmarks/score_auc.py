@@ -3,22 +3,26 @@
 Two measurements, CPU, with a random teacher and a trained one (docs/BENCHMARKS.md §10):
 
 1. **Relevance score.** Every image of a bundled pool (``mini_digits_pool``: ground-truth
-   relevance in its ``relevance.json``) is scored once by the teacher; the ROC AUC of the old
-   score (``"mass"``: the sum of detection scores >= 0.5) and of the default (``"relative"``:
-   the same above a threshold relative to the teacher's own score distribution) against
-   relevance, whether :func:`~mgd_det.data.scoring.uninformative_reason` fires (the trainer's
+   relevance in its ``relevance.json``) is scored once by the teacher; the ROC AUC against
+   relevance of the old score (``"mass"``: the sum of detection scores >= 0.5) and of every
+   other score kind (``"rank"``, the default: percentile by class evidence; ``"relative"``: the
+   mass above a threshold relative to the teacher's own score distribution; ``"max"``),
+   whether :func:`~mgd_det.data.scoring.uninformative_reason` fires (the trainer's
    warning and uniform fallback), and the share of relevant images the pool sampler draws
    (expected from its distribution, and counted over one pass of draws) against their share
-   of the pool. "Old" sampled preferentially by ``"mass"`` whatever the scores; "new" is the
-   trainer's path: ``"relative"``, uniform when uninformative ("max": the same with the
-   largest detection score).
+   of the pool, with the number of distinct images drawn (diversity). "Old" sampled
+   preferentially by ``"mass"`` whatever the scores; the others follow the trainer's path
+   (uniform when uninformative).
 2. **Gradient share on teacher-foreground anchors** (:func:`gradient_shares`): for batches of
    pool or training images, the gradient of the KD and BOX losses with respect to a fresh
    student's dense outputs; the share of its absolute value on anchors where the teacher's
    largest class probability is >= 0.5, before (KD: sigmoid BCE averaged over the elements of
    each level, then over levels; BOX: weights = the teacher's largest probability,
    reimplemented here for the comparison only) and after (the pathways of
-   :mod:`mgd_det.matching.pathways`, normalised by the teacher's foreground mass).
+   :mod:`mgd_det.matching.pathways`, normalised by the teacher's foreground mass). KD has a
+   middle row, ``fg_mass_plain``: the foreground-mass normalisation with the plain KL (focal
+   gamma 0), between the old mean and ``new``, the default focal KD (MGD.KD.FOCAL_GAMMA);
+   with the KD loss of the fresh student for each.
 
     python -m benchmarks.score_auc --teacher-weights T1K/model_final.pth \
         --out docs/results/label_free_score_cpu.json
@@ -47,6 +51,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_TEACHER_CONFIG = os.path.join(REPO, "configs", "mini_digits", "retinanet_R50_FPN.yaml")
 DEFAULT_STUDENT_CONFIG = os.path.join(REPO, "configs", "mini_digits", "retinanet_R18_FPN.yaml")
 FOREGROUND_PROBABILITY = 0.5  # "teacher-foreground anchor": largest class probability >= this
+SOFT_PROBABILITY = 0.1  # KD is also reported on the anchors the teacher gives >= this (soft positives)
 
 
 # ---------------------------------------------------------------- models
@@ -107,9 +112,14 @@ def score_report(cfg, teacher, dataset: str, cache_path: str, num_draws: Optiona
     relevant = relevance_flags(dicts, load_relevance(relevance_path(dataset)))
     num_draws = num_draws or len(dicts)
     report = {"dataset": dataset, "num_images": len(dicts), "num_relevant": int(relevant.sum())}
-    # "old": the score and sampler before issue 19 (no uninformative fallback); "new": the
-    # trainer's default path; "max": the other score kind, through the trainer's path.
-    for name, kind, fallback in (("old", "mass", False), ("new", "relative", True), ("max", "max", True)):
+    # "old": the score and sampler before issue 19 (no uninformative fallback); then every other
+    # score kind through the trainer's path (uniform when uninformative); "default" names the
+    # kind of the default config.
+    from mgd_det.data.scoring import SCORE_KINDS
+
+    report["default"] = cfg.MGD.UNLABELED.SCORE
+    variants = [("old", "mass", False)] + [(kind, kind, True) for kind in SCORE_KINDS if kind != "mass"]
+    for name, kind, fallback in variants:
         run_cfg = cfg.clone()
         run_cfg.defrost()
         run_cfg.MGD.UNLABELED.SCORE = kind
@@ -157,12 +167,13 @@ def old_box_loss(student_deltas, teacher_logits, teacher_deltas, num_classes: in
     return total / weight_sum.clamp(min=1.0)
 
 
-def foreground_masks(teacher_logits: Sequence[torch.Tensor], num_classes: int) -> List[torch.Tensor]:
-    """Per level, (N, A, H, W) booleans: the teacher's largest class probability >= 0.5."""
+def foreground_masks(teacher_logits: Sequence[torch.Tensor], num_classes: int,
+                     probability: float = FOREGROUND_PROBABILITY) -> List[torch.Tensor]:
+    """Per level, (N, A, H, W) booleans: the teacher's largest class probability >= ``probability``."""
     masks = []
     for t in teacher_logits:
         n, _, h, w = t.shape
-        masks.append(torch.sigmoid(t.float()).view(n, -1, num_classes, h, w).amax(dim=2) >= FOREGROUND_PROBABILITY)
+        masks.append(torch.sigmoid(t.float()).view(n, -1, num_classes, h, w).amax(dim=2) >= probability)
     return masks
 
 
@@ -198,30 +209,38 @@ class ShareAccumulator:
         }
 
 
-def gradient_shares(batches, num_classes: int, fg_temperature: float, kd_temperature: float = 1.0) -> Dict:
+def gradient_shares(batches, num_classes: int, fg_temperature: float, kd_temperature: float = 1.0,
+                    focal_gamma: Optional[float] = None) -> Dict:
     """Share of the KD / BOX gradient (w.r.t. the student's logits / box deltas) on the teacher's
-    foreground anchors, old vs new losses, plus the share of BOX *weight* on those anchors.
+    foreground anchors, old vs new losses (KD also the plain-KL middle row ``fg_mass_plain``),
+    plus the share of BOX *weight* on those anchors and the KD loss values.
 
     ``batches`` yields (student logits, student deltas, teacher logits, teacher deltas), each a
-    list of (N, A*K or A*4, H, W) tensors per level.
+    list of (N, A*K or A*4, H, W) tensors per level. ``focal_gamma``: the new KD's focal
+    exponent (default: the core's default, that of the default config).
     """
     from mgd_det.matching import NetOutputs, PathwaySpec, TeacherOutput
-    from mgd_det.matching.kd import foreground_weight
+    from mgd_det.matching.kd import FOCAL_GAMMA, foreground_weight
     from mgd_det.matching.pathways import OutputBoxPathway, OutputKDPathway
 
-    kd = OutputKDPathway(PathwaySpec("KD"), kd_temperature, fg_temperature)
+    focal_gamma = FOCAL_GAMMA if focal_gamma is None else focal_gamma
+    kd = OutputKDPathway(PathwaySpec("KD"), kd_temperature, fg_temperature, focal_gamma=focal_gamma)
+    kd_plain = OutputKDPathway(PathwaySpec("KD"), kd_temperature, fg_temperature, focal_gamma=0.0)
     box = OutputBoxPathway(PathwaySpec("BOX"), num_classes, fg_temperature=fg_temperature)
     acc = ShareAccumulator()
     weight_on_fg = {"old": [0.0, 0.0], "new": [0.0, 0.0]}
-    losses = {"kd_old": [], "kd_new": [], "kd_old_at_teacher": [], "kd_new_at_teacher": []}
+    kd_rows = ("old", "fg_mass_plain", "new")
+    losses = {f"kd_{row}{at}": [] for row in kd_rows for at in ("", "_at_teacher")}
     num_anchors = num_fg = num_images = 0
     for s_logits, s_deltas, t_logits, t_deltas in batches:
         masks = foreground_masks(t_logits, num_classes)
+        soft_masks = foreground_masks(t_logits, num_classes, SOFT_PROBABILITY)
         num_anchors += sum(m.numel() for m in masks)
         num_fg += sum(int(m.sum()) for m in masks)
         num_images += t_logits[0].shape[0]
         teacher = TeacherOutput({}, t_logits, t_deltas)
         for name, fn in (("kd_old", lambda sl, sd: old_kd_loss(sl, t_logits, kd_temperature)),
+                         ("kd_fg_mass_plain", lambda sl, sd: kd_plain(NetOutputs({}, sl, sd), teacher, {})),
                          ("kd_new", lambda sl, sd: kd(NetOutputs({}, sl, sd), teacher, {})),
                          ("box_old", lambda sl, sd: old_box_loss(sd, t_logits, t_deltas, num_classes)),
                          ("box_new", lambda sl, sd: box(NetOutputs({}, sl, sd), teacher, {}))):
@@ -230,12 +249,16 @@ def gradient_shares(batches, num_classes: int, fg_temperature: float, kd_tempera
             loss = fn(sl, sd)
             loss.backward()
             if name.startswith("kd"):
-                acc.add(name, _per_anchor([x.grad for x in sl], num_classes), masks)
+                per_anchor = _per_anchor([x.grad for x in sl], num_classes)
+                acc.add(name, per_anchor, masks)
+                acc.add(f"{name}_soft", per_anchor, soft_masks)
                 losses[name].append(float(loss.detach()))
             else:
                 acc.add(name, _per_anchor([x.grad for x in sd], 4), masks)
         with torch.no_grad():
             losses["kd_old_at_teacher"].append(float(old_kd_loss(t_logits, t_logits, kd_temperature)))
+            losses["kd_fg_mass_plain_at_teacher"].append(
+                float(kd_plain(NetOutputs({}, t_logits, t_deltas), teacher, {})))
             losses["kd_new_at_teacher"].append(float(kd(NetOutputs({}, t_logits, t_deltas), teacher, {})))
             for t, m in zip(t_logits, masks):
                 n, _, h, w = t.shape
@@ -250,10 +273,13 @@ def gradient_shares(batches, num_classes: int, fg_temperature: float, kd_tempera
         "num_images": num_images,
         "anchors_per_image": num_anchors / max(num_images, 1),
         "foreground_anchors_per_image": num_fg / max(num_images, 1),
-        "kd": {"old": shares["kd_old"], "new": shares["kd_new"],
-               "loss_fresh_student": {"old": float(np.mean(losses["kd_old"])), "new": float(np.mean(losses["kd_new"]))},
-               "loss_at_the_teacher": {"old": float(np.mean(losses["kd_old_at_teacher"])),
-                                       "new": float(np.mean(losses["kd_new_at_teacher"]))}},
+        "kd_focal_gamma": focal_gamma,
+        # rows: old mean BCE, foreground mass with the plain KL (gamma 0), foreground mass + focal
+        "kd": {**{row: shares[f"kd_{row}"] for row in kd_rows},
+               f"share_on_teacher_p_ge_{SOFT_PROBABILITY}": {
+                   row: shares[f"kd_{row}_soft"]["foreground_share"] for row in kd_rows},
+               "loss_fresh_student": {row: float(np.mean(losses[f"kd_{row}"])) for row in kd_rows},
+               "loss_at_the_teacher": {row: float(np.mean(losses[f"kd_{row}_at_teacher"])) for row in kd_rows}},
         "box": {"old": shares["box_old"], "new": shares["box_new"],
                 "weight_share_on_foreground": {k: v[0] / v[1] if v[1] > 0 else float("nan")
                                                for k, v in weight_on_fg.items()}},

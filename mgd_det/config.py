@@ -161,11 +161,15 @@ def add_mgd_config(cfg: CN) -> CN:
     cfg.MGD.UNLABELED.UNIFORM_SHARE = 0.2
     # Added to every score before tempering (keeps zero-score images reachable).
     cfg.MGD.UNLABELED.SCORE_EPS = 0.01
-    # Image score: "relative" (sum of teacher detection scores >= min(SCORE_THRESH, the pool's
-    # SCORE_QUANTILE of per-image max scores): ranks with a weak teacher too), "mass" (sum of
-    # detection scores >= SCORE_THRESH) or "max". Uninformative scores: uniform sampling.
-    cfg.MGD.UNLABELED.SCORE = "relative"
-    # Teacher detection confidence counted in the "mass" score (the most "relative" asks).
+    # Image score: "rank" (percentile in the pool by class evidence, the sum over detected
+    # classes of the teacher's best score: only the order counts, so a weak teacher ranks too),
+    # "relative" (sum of detection scores >= min(SCORE_THRESH, the pool's SCORE_QUANTILE of
+    # per-image max scores), the other images ordered below by their best detection), "mass"
+    # (sum of detection scores >= SCORE_THRESH) or "max". Uninformative scores: uniform
+    # sampling. See mgd_det/data/scoring.py.
+    cfg.MGD.UNLABELED.SCORE = "rank"
+    # Teacher detection confidence counted in the "mass" score (the most "relative" asks; not
+    # used by "rank" and "max").
     cfg.MGD.UNLABELED.SCORE_THRESH = 0.5
     # "relative": quantile of the pool's per-image maximum detection scores used as threshold.
     cfg.MGD.UNLABELED.SCORE_QUANTILE = 0.9

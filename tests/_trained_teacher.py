@@ -6,8 +6,8 @@ images of ``mini_digits_tiny_train`` scores the pool's shapes and letters as hig
 digits. This one trains ``ITERATIONS`` steps of 8 images on a generated set of
 ``NUM_IMAGES`` 64x64 digit images (the tiny pool's digit sizes and handwriting samples) at
 64x64: on a pool of 160 such images (25 % digits) the ROC AUC of its largest detection score
-is ~0.74 and the default ("relative") score draws ~42 % digit images (measured while the 2
-cores were shared; ~45 s). Its config file (the bundled R18 RetinaNet at 64x64) and weights
+is ~0.71-0.74 and the default ("rank") score draws ~40 % digit images (trained while the 2
+cores were shared: ~45 s to ~12 min). Its config file (the bundled R18 RetinaNet at 64x64) and weights
 go to ``MGD.TEACHER.CONFIG_FILE`` / ``WEIGHTS``: the same architecture as the tiny student.
 """
 import os

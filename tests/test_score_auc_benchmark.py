@@ -81,3 +81,23 @@ def test_roc_auc():
     assert roc_auc(np.array([0.1, 0.4, 0.35, 0.8]), np.array([False, False, True, True])) == pytest.approx(0.75)
     assert roc_auc(np.zeros(4), np.array([False, True, False, True])) == pytest.approx(0.5)
     assert np.isnan(roc_auc(np.ones(3), np.ones(3, dtype=bool)))
+
+
+def test_score_report_covers_every_score_kind(tmp_path, tiny_datasets):
+    """The report on a real (random) R18 teacher and the bundled tiny pool: every score kind,
+    the old path preferential whatever the scores, the others uniform with the reason."""
+    import mgd_det.data  # noqa: F401  (registers the bundled pools)
+    from benchmarks.score_auc import DEFAULT_STUDENT_CONFIG, load_detector, score_report
+    from mgd_det.data.scoring import SCORE_KINDS
+
+    teacher, cfg = load_detector(DEFAULT_STUDENT_CONFIG, None, seed=0)
+    report = score_report(cfg, teacher, "mini_digits_pool_tiny", str(tmp_path / "cache.json"))
+    assert report["num_images"] == 32 and report["num_relevant"] == 8
+    assert report["default"] == cfg.MGD.UNLABELED.SCORE == "rank"
+    assert set(report) >= {"old", *[k for k in SCORE_KINDS if k != "mass"]}
+    assert report["old"]["sampling"]["mode"] == "preferential"  # before issue 19: no fallback
+    for kind in ("relative", "rank", "max"):
+        entry = report[kind]
+        assert entry["score"] == kind and entry["auc"] == pytest.approx(0.5)
+        assert entry["warning_fires"] and entry["sampling"]["mode"] == "uniform"
+        assert entry["sampling"]["distinct_drawn"] == 32, "uniform epochs draw every image once"

@@ -68,7 +68,7 @@ def test_score_cli_on_the_tiny_pool(tmp_path, monkeypatch, caplog, tiny_teacher_
         "OUTPUT_DIR", str(tmp_path / "run"), "MODEL.DEVICE", "cpu",
         "MGD.TEACHER.CONFIG_FILE", teacher_cfg, "MGD.TEACHER.WEIGHTS", tiny_teacher_weights("retinanet_R18_FPN.yaml"),
         "MGD.TEACHER.OVERRIDES", "['MODEL.RETINANET.SCORE_THRESH_TEST', '0.0', 'INPUT.MIN_SIZE_TEST', '64']",
-        "MGD.UNLABELED.SCORE_THRESH", "0.001",
+        "MGD.UNLABELED.SCORE", "mass", "MGD.UNLABELED.SCORE_THRESH", "0.001",
     ]
     with caplog.at_level(logging.INFO):
         assert main(argv) == 0

@@ -13,7 +13,7 @@ from detectron2.structures import Boxes, Instances
 import _tiny
 from mgd_det.config import get_mgd_cfg, setup_cfg
 from mgd_det.data.score_cache import ScoreCache, file_identity, fingerprint_module, teacher_identity
-from mgd_det.data.scoring import detection_scores, score_images, scoring_settings
+from mgd_det.data.scoring import RELATIVE_FLOOR, RELATIVE_TAIL, detection_scores, score_images, scoring_settings
 from mgd_det.data.unlabeled import load_image_folder
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 
@@ -77,7 +77,28 @@ def test_detection_scores_mass_max_count():
     assert {k: got[k] for k in ("mass", "max", "count")} == pytest.approx({"mass": 2.0, "max": 0.9, "count": 3})
     empty = Instances((8, 8))
     empty.scores = torch.zeros(0)
-    assert detection_scores({"instances": empty}, 0.5) == {"mass": 0.0, "max": 0.0, "count": 0, "top": []}
+    assert detection_scores({"instances": empty}, 0.5) == {"mass": 0.0, "max": 0.0, "count": 0, "top": [],
+                                                            "class_top": []}
+    assert got["class_top"] == pytest.approx([0.9]), "no pred_classes: one class"
+
+
+def test_rank_score_counts_each_class_once():
+    """Class evidence: the best score per detected class, summed; duplicates of one class do not
+    add up, so three confident '7's rank below a '7' and a '3' (rank percentiles, power 1)."""
+    from mgd_det.data.scoring import _collect
+
+    def output(scores, classes):
+        inst = Instances((8, 8))
+        inst.scores, inst.pred_classes = torch.tensor(scores), torch.tensor(classes)
+        return dict(detection_scores({"instances": inst}, 0.5), readable=True)
+
+    values = [output([0.9, 0.85, 0.8], [7, 7, 7]), output([0.6, 0.5], [7, 3]), output([0.04], [1]),
+              output([0.3], [2])]
+    assert values[0]["class_top"] == pytest.approx([0.9]) and values[1]["class_top"] == pytest.approx([0.6, 0.5])
+    result = _collect(values, "rank")
+    assert list(result.counts) == [1, 2, 0, 1]
+    assert np.argsort(result.scores).tolist() == [2, 3, 0, 1], "evidence 0 < 0.3 < 0.9 < 1.1"
+    assert result.scores[2] == 0 and result.scores[1] == pytest.approx(1.0)
 
 
 def test_scores_cached_reused_and_invalidated(folder, tmp_path, caplog):
@@ -87,7 +108,7 @@ def test_scores_cached_reused_and_invalidated(folder, tmp_path, caplog):
     identity = teacher_identity(model, {"threshold": 0.3})
 
     with caplog.at_level(logging.INFO, logger="mgd_det.data.scoring"):
-        first = score_images(model, dicts, mapper, batch_size=2, threshold=0.3,
+        first = score_images(model, dicts, mapper, batch_size=2, threshold=0.3, score_kind="mass",
                              cache=ScoreCache(cache_file, identity), log_period_s=0.0)
     assert model.seen == 6 and first.num_computed == 7 and first.num_cached == 0
     assert "ETA" in caplog.text and "[####################] 7/7" in caplog.text
@@ -101,7 +122,7 @@ def test_scores_cached_reused_and_invalidated(folder, tmp_path, caplog):
     assert not [f for f in os.listdir(os.path.dirname(cache_file)) if f.startswith(".tmp")]
 
     # rerun, same teacher: no model call at all
-    second = score_images(model, dicts, mapper, threshold=0.3, cache=ScoreCache(cache_file, identity))
+    second = score_images(model, dicts, mapper, threshold=0.3, score_kind="mass", cache=ScoreCache(cache_file, identity))
     assert model.seen == 6 and second.num_cached == 7 and second.num_computed == 0
     np.testing.assert_array_equal(second.scores, first.scores)
     max_kind = score_images(model, dicts, mapper, threshold=0.3, score_kind="max", cache=ScoreCache(cache_file, identity))
@@ -152,11 +173,12 @@ def test_real_detector_scores_a_folder(folder, tmp_path):
     identity = teacher_identity(model, scoring_settings(cfg, threshold))
     calls = []
     model.register_forward_pre_hook(lambda module, args: calls.append(len(args[0])))
-    result = score_images(model, dicts, mapper, batch_size=4, threshold=threshold,
+    result = score_images(model, dicts, mapper, batch_size=4, threshold=threshold, score_kind="mass",
                           cache=ScoreCache(str(tmp_path / "s.json"), identity))
     assert calls == [4, 2] and model.training  # the train/eval mode is restored
     assert np.all(result.scores[:6] > 0) and np.all(result.counts[:6] > 0) and np.isnan(result.scores[6])
-    again = score_images(model, dicts, mapper, threshold=threshold, cache=ScoreCache(str(tmp_path / "s.json"), identity))
+    again = score_images(model, dicts, mapper, threshold=threshold, score_kind="mass",
+                         cache=ScoreCache(str(tmp_path / "s.json"), identity))
     assert calls == [4, 2]
     np.testing.assert_allclose(again.scores, result.scores)
 
@@ -194,10 +216,45 @@ def test_relative_score_ranks_with_a_weak_teacher_where_mass_is_all_zero(folder,
     cut = np.quantile(levels, 0.5)
     assert relative.score_threshold == pytest.approx(cut, abs=1e-3)
     expected = np.where(levels >= cut - 1e-6, levels, 0) + np.where(levels / 2 >= cut - 1e-6, levels / 2, 0)
-    assert np.allclose(relative.scores[:6], expected, atol=1e-3)
+    # under the cut: the tail, by the best detection (brightness 60: 0.094 -> 0.01 * 0.094 / cut;
+    # brightness 0: nothing detected, 0)
+    tail = np.where((expected == 0) & (levels >= RELATIVE_FLOOR), RELATIVE_TAIL * levels / cut, 0.0)
+    assert tail[1] > 0 and tail[0] == 0
+    assert np.allclose(relative.scores[:6], expected + tail, atol=1e-5)
+    assert relative.counts[1] == 0, "a tail image counts no confident detection"
     assert relative.uninformative is None
     # the brightest images rank first, as the (weak) teacher's own scores say
     assert np.argmax(relative.scores[:6]) == 4
+
+
+def test_rank_score_orders_a_weak_teacher_like_a_confident_one(folder):
+    """The percentile does not depend on the teacher's confidence: the weak teacher (scores
+    0.4x, every "mass" 0) ranks the images exactly as the full-strength one."""
+    from mgd_det.data.scoring import RANK_POWER
+
+    dicts = _listed(folder)
+    weak = score_images(_weak(folder), dicts, _mapper(), threshold=0.5, score_kind="rank")
+    strong = score_images(StandIn(), dicts, _mapper(), threshold=0.5, score_kind="rank")
+    assert weak.score_kind == "rank" and weak.uninformative is None
+    np.testing.assert_array_equal(weak.scores, strong.scores)
+    assert np.isnan(weak.scores[6]) and not weak.readable[6]
+    # brightness 0 (black) detects nothing: 0; the others by percentile among the 6 readable
+    # images (the black one included, at the bottom), to RANK_POWER
+    order = [0, 60, 120, 180, 240, 200]
+    percentiles = np.array([0, 2, 3, 4, 6, 5]) / 6.0
+    np.testing.assert_allclose(weak.scores[:6], np.where(np.array(order) > 0, percentiles**RANK_POWER, 0.0))
+    assert np.argmax(weak.scores[:6]) == 4
+
+
+def test_rank_scores_ties_floor_and_unreadable():
+    from mgd_det.data.scoring import rank_scores
+
+    scores = rank_scores(np.array([0.0, 0.3, 0.1, np.nan, 0.3, 0.04, 0.9]), power=1.0)
+    # 6 readable: below the 0.05 floor -> 0 (mean rank 1.5 of the two), ties share rank 4.5
+    np.testing.assert_allclose(scores, [0.0, 4.5 / 6, 3 / 6, np.nan, 4.5 / 6, 0.0, 1.0])
+    np.testing.assert_allclose(rank_scores(np.array([0.2, 0.8]), power=2.0), [0.25, 1.0])
+    assert np.all(rank_scores(np.full(5, 0.01)) == 0), "a teacher below the floor ranks nothing"
+    assert np.all(np.isnan(rank_scores(np.full(3, np.nan))))
 
 
 def test_uninformative_scores_are_named():

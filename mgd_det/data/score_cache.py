@@ -23,7 +23,7 @@ from mgd_det.atomic_io import atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-CACHE_VERSION = 2  # 2: per-image top detection scores ("top")
+CACHE_VERSION = 3  # 2: per-image top detection scores ("top"); 3: + per-class best ("class_top")
 _HASH_CHUNK = 1 << 20
 
 FileKey = Tuple[str, int, int]
