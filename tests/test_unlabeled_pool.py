@@ -96,7 +96,7 @@ def test_registered_pool_generates_on_first_use(tmp_path, monkeypatch):
     assert all(relevance[d["image_id"]] == f for d, f in zip(dicts, flags))
 
 
-def test_cli_writes_a_pool(tmp_path, monkeypatch, caplog):
+def test_cli_writes_a_pool(tmp_path, monkeypatch, caplog, capsys):
     out = tmp_path / "cli_pool"
     argv = ["make_unlabeled_pool.py", "--out", str(out), "--num-images", "10", "--relevant-share", "0.3",
             "--image-size", "32", "--seed", "3"]
@@ -108,8 +108,12 @@ def test_cli_writes_a_pool(tmp_path, monkeypatch, caplog):
     assert record["num_images"] == 10 and record["num_relevant"] == 3
     assert len(list_images(str(out / "images"))[0]) == 10
     assert "10 images (3 relevant)" in caplog.text
-    # asking for another pool in the same place is one clear error
+    # asking for another pool in the same place is one clear error line, no traceback
+    capsys.readouterr()
     monkeypatch.setattr(sys, "argv", argv[:-1] + ["4"])
     with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as done:
         runpy.run_path(os.path.join(REPO, "tools", "make_unlabeled_pool.py"), run_name="__main__")
-    assert done.value.code == 2 and "already holds a pool" in caplog.text
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "already holds a pool" in err and "delete it or choose another --out" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert json.load(open(out / "relevance.json"))["num_images"] == 10, "the existing pool is untouched"

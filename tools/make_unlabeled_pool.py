@@ -19,11 +19,12 @@ import os
 import sys
 
 from mgd_det.data.pool import POOL_SPECS, PoolSpec, ensure_pool, pool_paths
+from mgd_det.errors import DataError
 
 logger = logging.getLogger("make_unlabeled_pool")
 
 
-def main() -> int:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--name", choices=sorted(POOL_SPECS), help="a registered pool, under the data root")
@@ -35,8 +36,7 @@ def main() -> int:
     parser.add_argument("--seed", type=int, default=default.seed)
     parser.add_argument("--digit-pool", choices=("train", "heldout"), default=default.digit_pool,
                         help="handwriting samples of the relevant images (mini digits' train or val writers)")
-    args = parser.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    args = parser.parse_args(argv)
 
     if args.name:
         from mgd_det.data.datasets import dataset_root
@@ -54,9 +54,8 @@ def main() -> int:
         with open(json_path, "r", encoding="utf-8") as f:
             existing = json.load(f).get("params")
         if existing != spec.params():
-            logger.error("%s already holds a pool made with %s; delete %s or choose another --out.",
-                         os.path.dirname(json_path), existing, os.path.dirname(json_path))
-            return 2
+            raise DataError(f"{os.path.dirname(json_path)} already holds a pool made with {existing}; delete it "
+                            "or choose another --out")
     ensure_pool(spec, root)
     with open(json_path, "r", encoding="utf-8") as f:
         record = json.load(f)
@@ -65,8 +64,10 @@ def main() -> int:
         spec.subdir, record["num_images"], record["num_relevant"], spec.image_size, spec.image_size,
         image_dir, json_path,
     )
-    return 0
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from mgd_det.engine.cli import run_cli
+
+    sys.exit(run_cli(main))
