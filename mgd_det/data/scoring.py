@@ -1,7 +1,7 @@
 """Scoring unlabeled images with the teacher, for preferential sampling.
 
 Per image the teacher's detections are reduced to its top :data:`TOP_KEPT` detection scores
-(cached). The image score is then computed over the whole pool, by ``score_kind``:
+and its best score per detected class (cached). The image score is then computed over the whole pool, by ``score_kind``:
 
 - ``"rank"`` (default): the image's **percentile in the pool by class evidence**, to the power
   :data:`RANK_POWER`. Class evidence = the sum over the classes the teacher detects in the
