@@ -140,8 +140,8 @@ def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
     # - TorchScript: fvcore's sigmoid_focal_loss_jit (RetinaNet's classification loss) runs its
     #   first calls in a process unoptimised, later ones through the JIT's own gradient formulas,
     #   which round differently, so a resumed process rounded its first steps unlike the
-    #   uninterrupted run (and the process's first run unlike the next ones). The DistPro hook
-    #   turns the JIT's optimisation off while it trains, so every call takes the same path: the
+    #   uninterrupted run (and the process's first run unlike the next ones). MGDTrainer.train
+    #   turns the JIT's optimisation off, so every call takes the same path: the
     #   three runs below are bitwise equal (idle and with a core busy), and the tolerances leave
     #   room for a few float32 ulps only.
     # - Growth: the learned weights feed every later step, so a difference grows (that JIT
@@ -156,7 +156,7 @@ def test_learned_state_resumes_exactly(tmp_path, tiny_cfg):
     _, first_losses = run(cut_cfg, interrupt_after=n - 1)
     saved = torch.load(tmp_path / "cut" / f"model_{n - 1:07d}.pth", map_location="cpu", weights_only=True)
     resumed_trainer, second_losses = run(cut_cfg, resume=True)
-    assert torch._C._get_graph_executor_optimize(), "the hook restores the JIT's setting after training"
+    assert torch._C._get_graph_executor_optimize(), "train() restores the JIT's setting"
     state = saved["trainer"]["hooks"]["DistProHook"]
     assert state["num_meta_steps"] == n and state["trajectory_iterations"].tolist() == [0, 1]
     assert not [k for k in saved["model"] if "trajectory" in k]  # the model state has fixed shapes

@@ -251,7 +251,6 @@ class DistProHook(HookBase):
         self.trajectory_file = os.path.join(cfg.OUTPUT_DIR, TRAJECTORY_FILE)
         self.checkpoint_period = cfg.SOLVER.CHECKPOINT_PERIOD
         self._loaded = False
-        self._unoptimised_jit = contextlib.ExitStack()
         self._teacher = None  # (training batch, its teacher output) during a meta-step
         observer.add_callback(self._on_batch)
 
@@ -320,12 +319,6 @@ class DistProHook(HookBase):
                 "checkpoint holds no learned-weighting state (it was trained with another MGD.WEIGHTING): "
                 "resume with the weighting it was trained with, or start a fresh OUTPUT_DIR"
             )
-        # TorchScript runs a scripted function's first calls in a process (RetinaNet's
-        # sigmoid_focal_loss_jit) unoptimised and later ones through its optimised graph, which
-        # rounds differently: a resumed process would round its first steps unlike the
-        # uninterrupted run, and the meta-steps magnify such differences (to ~1e-2 relative in
-        # the losses within 3 iterations). One path for every call keeps a resume exact.
-        self._unoptimised_jit.enter_context(torch.jit.optimized_execution(False))
 
     def before_step(self):
         # Detectron2's writers keep only each scalar's latest value between their writes (every
@@ -342,7 +335,6 @@ class DistProHook(HookBase):
             self.export_trajectory()
 
     def after_train(self):
-        self._unoptimised_jit.close()
         self.export_trajectory()
 
     def export_trajectory(self) -> None:

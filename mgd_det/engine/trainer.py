@@ -21,6 +21,7 @@ import logging
 import os
 import weakref
 
+import torch
 from detectron2.data import (
     DatasetMapper,
     MetadataCatalog,
@@ -190,6 +191,19 @@ class MGDTrainer(DefaultTrainer):
         return exclude_weighting_params(super().build_optimizer(cfg, model), model)
 
     # ------------------------------------------------------------------ resume
+    def train(self):
+        """Detectron2's training loop with TorchScript's optimisation off.
+
+        TorchScript runs a scripted function's first calls in a process (RetinaNet's
+        ``sigmoid_focal_loss_jit``) unoptimised and later ones through its optimised graph,
+        which rounds differently: a resumed process rounded its first steps unlike the
+        uninterrupted run (~5e-7 relative in the losses, which DistPro's meta-steps magnify to
+        ~1e-2). With one path for every call a resume is bitwise exact on CPU; the focal loss
+        itself is no slower on CPU (docs/BENCHMARKS.md §9).
+        """
+        with torch.jit.optimized_execution(False):
+            return super().train()
+
     def resume_or_load(self, resume=True):
         """DefaultTrainer's, except that the start iteration follows the file actually resumed
         from (which may be found without a last_checkpoint file, see MGDCheckpointer)."""
