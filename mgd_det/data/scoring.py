@@ -41,6 +41,7 @@ from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+from scipy.stats import rankdata
 
 from .score_cache import ScoreCache, file_identity
 
@@ -340,21 +341,9 @@ def rank_scores(statistic: np.ndarray, floor: float = RELATIVE_FLOOR, power: flo
     scores = np.full(statistic.shape, np.nan)
     valid = np.isfinite(statistic)
     values = np.where(statistic[valid] >= floor, statistic[valid], 0.0)
-    percentile = _mean_ranks(values) / max(1, values.size)
+    percentile = rankdata(values, method="average") / max(1, values.size)
     scores[valid] = np.where(values > 0, percentile**power, 0.0)
     return scores
-
-
-def _mean_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks of ``values`` in increasing order; tied values get their mean rank."""
-    order = np.argsort(values, kind="stable")
-    ordered = values[order]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
-    ends = np.r_[starts[1:], ordered.size]
-    ranks = np.empty(values.size)
-    for start, end in zip(starts, ends):
-        ranks[order[start:end]] = (start + 1 + end) / 2.0
-    return ranks
 
 
 def relative_tail(max_score: float, cut: float) -> float:
