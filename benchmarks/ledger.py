@@ -69,6 +69,8 @@ FIELDS = {
     "evaluations": (list,), "weights_sha256": (str, type(None)), "teacher": (dict, type(None)),
     "start": (dict, type(None)), "date": (str,), "git_commit": (str, type(None)),
 }
+# Fields added later: checked when present (entries written before them lack them).
+OPTIONAL_FIELDS = {"pilot": (bool,), "evaluated_on": (str,)}
 ROLES = ("teacher", "student", "finetune")
 
 
@@ -217,6 +219,10 @@ def validate_entry(entry, where: str) -> dict:
         value = entry[field]
         if not isinstance(value, types) or (isinstance(value, bool) and bool not in types):
             raise DataError(f"Ledger entry {where}: '{field}' is {value!r}, expected "
+                            f"{' or '.join(t.__name__ for t in types)}; fix or delete the file.", path=where)
+    for field, types in OPTIONAL_FIELDS.items():
+        if field in entry and not isinstance(entry[field], types):
+            raise DataError(f"Ledger entry {where}: '{field}' is {entry[field]!r}, expected "
                             f"{' or '.join(t.__name__ for t in types)}; fix or delete the file.", path=where)
     if entry["schema"] != SCHEMA:
         raise DataError(f"Ledger entry {where} has schema {entry['schema']}, this code reads {SCHEMA}; "

@@ -21,14 +21,23 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from benchmarks import ledger
-from benchmarks.study import CONFIGS, FINETUNES, MODES, STUDENTS, TEACHER, TEACHER_NAME, check_study, run_training
+from benchmarks.study import (
+    CONFIGS,
+    FINETUNES,
+    MODES,
+    STUDENTS,
+    TEACHER,
+    TEACHER_NAME,
+    check_seeds,
+    check_study,
+    run_training,
+)
 from benchmarks.study_plan import Job, Plan, plan_study
 from mgd_det.config import setup_cfg
 
 logger = logging.getLogger(__name__)
 
 TEACHER_KEY = "teacher"
-TEACHER_SEED = 0
 ENTRY_FILE = "ledger_entry.json"
 
 # The tiny data sets standing in for the bundled ones in the smoke mode (tests, DRYRUN).
@@ -78,12 +87,25 @@ class StudyOutcome:
         return out
 
 
-def _tiny_opts(cfg) -> List[str]:
-    """TINY_OPTS plus the tiny counterparts of the config's data sets."""
-    opts = list(TINY_OPTS)
+def _dataset_opts(cfg, replace: Dict[str, str]) -> List[str]:
+    """DATASETS.TRAIN / TEST overrides with the names in ``replace`` swapped."""
+    opts = []
     for key in ("TRAIN", "TEST"):
-        names = tuple(TINY_DATASETS.get(n, n) for n in getattr(cfg.DATASETS, key))
+        names = tuple(replace.get(n, n) for n in getattr(cfg.DATASETS, key))
         opts += [f"DATASETS.{key}", repr(names)]
+    return opts
+
+
+def schedule_opts(schedule, cfg) -> List[str]:
+    """What a study mode changes in every run's config besides its solver: the tiny sets
+    (smoke), the input side and the mode's data sets, the pilot's training slices."""
+    opts: List[str] = []
+    if schedule.tiny:
+        opts += TINY_OPTS + _dataset_opts(cfg, TINY_DATASETS)
+    opts += schedule.size_opts()
+    replace = schedule.dataset_map()
+    if replace:
+        opts += _dataset_opts(cfg, replace)
     return opts
 
 
@@ -98,8 +120,9 @@ class StudyBuilder:
 
     def _resolve(self, config: str, opts: List[str], identities: Dict[str, str]):
         cfg = setup_cfg(config, opts + self.extra_opts)
-        if self.schedule.tiny:
-            opts = opts + _tiny_opts(cfg)
+        extra = schedule_opts(self.schedule, cfg)
+        if extra:
+            opts = opts + extra
             cfg = setup_cfg(config, opts + self.extra_opts)
         return cfg, opts + self.extra_opts, ledger.config_hash(cfg, identities)
 
@@ -123,7 +146,7 @@ class StudyBuilder:
 
     def teacher(self) -> StudyJob:
         s = self.schedule
-        return self.add(TEACHER_KEY, TEACHER_NAME, "teacher", TEACHER_SEED, os.path.join(CONFIGS, TEACHER),
+        return self.add(TEACHER_KEY, TEACHER_NAME, "teacher", s.teacher_seed, os.path.join(CONFIGS, TEACHER),
                         s.solver_opts(s.teacher_iters))
 
     def student(self, name: str, seed: int) -> StudyJob:
@@ -145,6 +168,7 @@ def build_study(mode: str, students: Sequence[str], seeds: Sequence[int], finetu
     learns from it, then seed by seed every student (so a partial study has every row at one
     seed before any at two), then the fine-tuning rows."""
     students = check_study(mode, students, finetune)
+    check_seeds(mode, seeds)
     builder = StudyBuilder(mode, extra_opts)
     wanted = [builder.student(name, seed) for seed in seeds for name in students]
     wanted += [builder.finetune(name, seed) for seed in seeds for name in (FINETUNES if finetune else ())]
@@ -181,6 +205,7 @@ def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, 
         "weights_sha256": ledger.file_sha256(weights) if os.path.isfile(weights) else None,
         "teacher": teacher and ledger.identity(teacher), "start": start and ledger.identity(start),
         "date": when.isoformat(), "git_commit": ledger.git_commit(),
+        "pilot": bool(MODES[mode].pilot), "evaluated_on": ",".join(sj.cfg.DATASETS.TEST),
     }
 
 
@@ -196,6 +221,10 @@ class _Session:
         self.outcome = StudyOutcome(plan)
         self.lock = threading.Lock()
         self.start = time.monotonic()
+        # Runs side by side on the CPU share its cores (one thread each on two cores: 1.27x
+        # the images per second of one run on both, benchmarks/cpu_levers.py).
+        cores = os.cpu_count() or 1
+        self.threads = max(1, cores // parallel) if parallel > 1 and device.lower().startswith("cpu") else None
 
     def _folder(self, key: str) -> str:
         return os.path.join(self.out_root, self.jobs[key].folder_name)
@@ -236,7 +265,7 @@ class _Session:
         if start:
             opts += ["MODEL.WEIGHTS", os.path.join(self._folder(sj.start_from), "model_final.pth")]
         folder = self._folder(key)
-        metrics = run_training(sj.config, folder, opts)
+        metrics = run_training(sj.config, folder, opts, threads=self.threads)
         entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start)
         ledger.write_entry(self.ledger_dir, entry)
         ledger.write_entry(folder, entry, ENTRY_FILE)

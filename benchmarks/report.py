@@ -189,6 +189,7 @@ def study_rows(entries: Sequence[dict]) -> List[dict]:
             "metrics": {m: [f[m] for _, f in finals] for m in ("AP", "AP50", "AP75")},
             "teacher_ap": [ap for ap in teachers.values() if ap is not None],
             "devices": sorted({e["device"] for e in counted}), "wall_s": [e["wall_s"] for e in counted],
+            "mode": group[0]["mode"],
             "last_date": max(e["date"] for e in group),
         })
     rank = {name: i for i, name in enumerate(order)}
@@ -197,45 +198,96 @@ def study_rows(entries: Sequence[dict]) -> List[dict]:
     return rows
 
 
-def study_table(entries: Sequence[dict], seeds_wanted: int = STUDY_SEEDS, command: str = "") -> List[str]:
-    """The study table (Markdown lines) from ledger entries; rows of the study with no entry
-    are listed as "not run yet", rows with fewer seeds than ``seeds_wanted`` as partial."""
-    rows = study_rows(entries)
-    lines = []
-    if not entries:
-        lines += ["**No study runs in the ledger yet** — every row below is not run yet.", ""]
+def _row_cells(r: dict, seeds_wanted: int) -> List[str]:
+    if r["role"] == "teacher":
+        seeds = f"seed {', '.join(map(str, r['seeds']))}, {len(r['entries'])} run(s)"
+        per = ", ".join(f"{ap:.2f}" for ap in r["metrics"]["AP"])
     else:
-        dates = sorted(e["date"][:10] for e in entries)
-        commits = sorted({(e["git_commit"] or "unknown")[:10] for e in entries})
-        devices = sorted({e["device"] for e in entries})
-        lines += [f"{len(entries)} ledger entries, {dates[0]} to {dates[-1]}; devices: {'; '.join(devices)}; "
-                  f"mgd_det commits: {', '.join(commits)}. Mean ± sample std over seeds; COCO bbox on the "
-                  "validation split at each run's last evaluation.", ""]
+        n = len(r["seeds"])
+        seeds = f"{n}/{seeds_wanted}" + (" (partial)" if n < seeds_wanted else "")
+        per = ", ".join(f"{ap:.2f} (s{e['seed']})" for e, ap in zip(r["entries"], r["metrics"]["AP"]))
+    cells = [_mean_std(r["metrics"][m]) if r["metrics"][m] else "no evaluation" for m in ("AP", "AP50", "AP75")]
+    teacher = _mean_std(r["teacher_ap"]) if r["teacher_ap"] else "–"
+    wall = f"{statistics.mean(r['wall_s']) / 60:.1f} min"
+    return [r["name"], r["config_hash"][:8], "/".join(f"{i:,}" for i in r["iterations"]), seeds, *cells,
+            per, teacher, wall]
+
+
+STUDY_HEADER = ["run", "config", "iterations", "seeds", "AP", "AP50", "AP75", "AP per seed", "teacher AP",
+                "wall time per run"]
+
+
+def _summary_line(entries: Sequence[dict]) -> str:
+    dates = sorted(e["date"][:10] for e in entries)
+    commits = sorted({(e["git_commit"] or "unknown")[:10] for e in entries})
+    modes = sorted({e["mode"] for e in entries})
+    evaluated = sorted({e.get("evaluated_on", "mini_digits_val") for e in entries})
+    return (f"{len(entries)} ledger entries, {dates[0]} to {dates[-1]}; study mode(s) {', '.join(modes)}; "
+            f"mgd_det commits: {', '.join(commits)}. Mean ± sample std over seeds; COCO bbox AP on "
+            f"{', '.join(evaluated)} at each run's last evaluation.")
+
+
+def comparison_table(rows: Sequence[dict]) -> List[str]:
+    """Each student row against the baseline row of its study mode (the pre-registered
+    analysis: difference of means, pooled SD, Welch's t), and the teacher's lead."""
+    from benchmarks.study_stats import compare
+
+    lines = []
+    baselines = {r["mode"]: r for r in rows if r["name"] == "baseline" and r["metrics"]["AP"]}
+    out = []
+    for r in rows:
+        base = baselines.get(r["mode"])
+        if base is None or r is base or not r["metrics"]["AP"]:
+            continue
+        c = compare(base["metrics"]["AP"], r["metrics"]["AP"])
+        sds = f"{c.in_pooled_sds:.1f}" if c.in_pooled_sds is not None else "–"
+        t = f"{c.welch_t:.2f} ({c.welch_df:.1f})" if c.welch_t is not None else "–"
+        p = f"{c.p_two_sided:.3f}" if c.p_two_sided is not None else "–"
+        out.append([f"{r['name']} − baseline", f"{c.n_b} vs {c.n_a}", f"{c.difference:+.2f}",
+                    f"{c.pooled_sd:.2f}" if c.n_a + c.n_b > 2 else "–", sds, t, p])
+    if out:
+        header = ["comparison (AP)", "runs", "difference of means", "pooled SD", "difference / pooled SD",
+                  "Welch's t (df)", "p (two-sided)"]
+        lines += [""] + _table(header, out)
+    return lines
+
+
+def _partition(entries: Sequence[dict]) -> List[tuple]:
+    """(title, entries) per kind of run: confirmatory runs by device, then pilots by device."""
+    parts = []
+    for pilot in (False, True):
+        chosen = [e for e in entries if bool(e.get("pilot", False)) == pilot]
+        for device in sorted({e["device"] for e in chosen}):
+            subset = [e for e in chosen if e["device"] == device]
+            title = (f"Pilots on {device} — judged on a held-out slice of the training images, chosen "
+                     "settings only, not evidence" if pilot else f"Study on {device}")
+            parts.append((title, subset))
+    return parts
+
+
+def study_table(entries: Sequence[dict], seeds_wanted: int = STUDY_SEEDS, command: str = "") -> List[str]:
+    """The study tables (Markdown lines) from ledger entries: one per device for the
+    confirmatory runs (CPU rows never mixed with GPU rows), with the comparisons against the
+    baseline, then the pilots. Rows of the study with no confirmatory entry are listed as
+    "not run yet", rows with fewer seeds than ``seeds_wanted`` as partial."""
+    lines = []
     if command:
         lines += [f"Generated by `{command}` — not edited by hand.", ""]
-    header = ["run", "config", "iterations", "seeds", "AP", "AP50", "AP75", "AP per seed", "teacher AP",
-              "device", "wall time per run"]
-    table = []
-    for r in rows:
-        if r["role"] == "teacher":
-            seeds = f"seed {', '.join(map(str, r['seeds']))}, {len(r['entries'])} run(s)"
-            per = ", ".join(f"{ap:.2f}" for ap in r["metrics"]["AP"])
-        else:
-            n = len(r["seeds"])
-            seeds = f"{n}/{seeds_wanted}" + (" (partial)" if n < seeds_wanted else "")
-            per = ", ".join(f"{ap:.2f} (s{e['seed']})" for e, ap in zip(r["entries"], r["metrics"]["AP"]))
-        cells = [_mean_std(r["metrics"][m]) if r["metrics"][m] else "no evaluation" for m in ("AP", "AP50", "AP75")]
-        teacher = _mean_std(r["teacher_ap"]) if r["teacher_ap"] else "–"
-        wall = f"{statistics.mean(r['wall_s']) / 60:.1f} min"
-        table.append([r["name"], r["config_hash"][:8], "/".join(f"{i:,}" for i in r["iterations"]), seeds, *cells,
-                      per, teacher, "; ".join(r["devices"]), wall])
-    present = {r["name"] for r in rows}
+    if not entries:
+        lines += ["**No study runs in the ledger yet** — every row below is not run yet.", ""]
     names = _study_row_names()
-    for name in names:
-        if name not in present:
-            seeds = "no run" if name == names[0] else f"0/{seeds_wanted}"
-            table.append([name, "–", "–", seeds, "not run yet", "", "", "", "", "", ""])
-    return lines + _table(header, table)
+    confirmed = set()
+    for title, subset in _partition(entries):
+        rows = study_rows(subset)
+        if not title.startswith("Pilots"):
+            confirmed |= {r["name"] for r in rows}
+        lines += [f"#### {title}", "", _summary_line(subset), ""]
+        lines += _table(STUDY_HEADER, [_row_cells(r, seeds_wanted) for r in rows])
+        lines += comparison_table(rows) + [""]
+    missing = [n for n in names if n not in confirmed]
+    if missing:
+        lines += ["Not run yet on any device: " + ", ".join(missing) + "."]
+    return lines
 
 
 def replace_block(text: str, block: str, where: str) -> str:

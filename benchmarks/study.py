@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from benchmarks.ledger import METRICS, device_description, read_evaluations
@@ -40,6 +40,14 @@ STUDENTS = {
 }
 # Named groups of students for --students.
 STUDENT_GROUPS = {"labelfree": ["baseline", "LF_train", "LF_pool", "LF_pool_uniform"]}
+# The study's groups (--group): students, and whether the fine-tuning rows belong to it.
+# Each is self-contained (its own teacher, trained from the mode's teacher seed).
+STUDY_GROUPS = {
+    "core": (["baseline", "AMP"], False),
+    "reducers": (["SM", "RD", "SP", "AMP_KD"], False),
+    "labelfree": (["LF_train", "LF_pool", "LF_pool_uniform"], False),
+    "finetune": (["baseline"], True),
+}
 TEACHER = "retinanet_R50_FPN.yaml"
 TEACHER_NAME = "teacher_R50"  # the teacher's row in tables and the ledger
 
@@ -63,6 +71,18 @@ class Schedule:
     eval_period: Optional[int] = None
     # The tiny data sets at 64² instead of the bundled ones (smoke runs of the study machinery).
     tiny: bool = False
+    # Square input side of every run (None: the configs' 128²), with ``datasets`` of that size.
+    input_side: Optional[int] = None
+    # The configs' data sets replaced by these (e.g. the 64² sets of the CPU study).
+    datasets: Dict[str, str] = field(default_factory=dict)
+    # DATALOADER.NUM_WORKERS of every run (None: the configs'); 0 loads in the training
+    # process, so a loader process does not compete with the step for the cores.
+    loader_workers: Optional[int] = None
+    # A pilot: trains on the training images but a held-out slice and is evaluated on that
+    # slice (mgd_det/data/train_slices.py), never on the validation split; seeds >= PILOT_MIN_SEED.
+    pilot: bool = False
+    # SEED of the study's teacher.
+    teacher_seed: int = 0
 
     def solver_opts(self, iters: Optional[int]) -> List[str]:
         if iters is None:
@@ -79,12 +99,45 @@ class Schedule:
                 str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
                 str(min(20, iters // 5)), *self._batch_opts(), *self._eval_opts()]
 
+    def size_opts(self) -> List[str]:
+        """KEY VALUE pairs for ``loader_workers`` and ``input_side``, for any config."""
+        workers = [] if self.loader_workers is None else ["DATALOADER.NUM_WORKERS", str(self.loader_workers)]
+        if self.input_side is None:
+            return workers
+        side = str(self.input_side)
+        return workers + ["INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", side, "INPUT.MIN_SIZE_TEST", side,
+                "INPUT.MAX_SIZE_TEST", side]
+
+    def dataset_map(self) -> Dict[str, str]:
+        """Config data set -> the one this mode uses (its own sets, then the pilot's slices)."""
+        if not self.pilot:
+            return dict(self.datasets)
+        return {name: PILOT_DATASETS.get(self.datasets.get(name, name), self.datasets.get(name, name))
+                for name in set(self.datasets) | set(PILOT_DATASETS)}
+
     def _eval_opts(self) -> List[str]:
         return [] if self.eval_period is None else ["TEST.EVAL_PERIOD", str(self.eval_period)]
 
     def _batch_opts(self) -> List[str]:
         return [] if self.batch is None else ["SOLVER.IMS_PER_BATCH", str(self.batch)]
 
+
+# Seeds of pilot runs start here; the confirmatory runs use 0, 1, 2.
+PILOT_MIN_SEED = 100
+# The data sets a pilot uses in place of the study's training and validation sets.
+PILOT_DATASETS = {
+    "mini_digits_train": "mini_digits_train_fit", "mini_digits_val": "mini_digits_train_holdout",
+    "mini_digits64_train": "mini_digits64_train_fit", "mini_digits64_val": "mini_digits64_train_holdout",
+}
+
+# The CPU study's recipe (issue 27; docs/results/study/PROTOCOL.md): the 64² mini digits sets
+# (digits as large in pixels as at 128², a quarter of the FLOPs per image), the R50 teacher
+# three times the students' iterations (from scratch it learns ~3x more slowly per iteration
+# than the R18, pilot 2), students 1,500 iterations at batch 16 (6 epochs of the 4,000
+# training images), evaluated every 500; loading in the training process.
+_CPU = dict(teacher_iters=4500, student_iters=1500, batch=16, student_lr=0.02, finetune_iters=500,
+            finetune_lr=0.002, eval_period=500, input_side=64, loader_workers=0,
+            datasets={"mini_digits_train": "mini_digits64_train", "mini_digits_val": "mini_digits64_val"})
 
 MODES = {
     # A few minutes per run on 2 CPU cores: short teacher, short students, half batches.
@@ -98,6 +151,10 @@ MODES = {
     # placeholder until a recipe clearly stronger than the baseline is found on a GPU.
     "gpu": Schedule(teacher_iters=3000, student_iters=3000, batch=16, student_lr=0.02, finetune_iters=500,
                     eval_period=500),
+    # The study on 2 CPU cores: one group (--group) in <= 150 minutes with --parallel 2.
+    "cpu": Schedule(**_CPU),
+    # Its pilots: the same recipe on the training images but a held-out slice, judged on that slice.
+    "cpu_pilot": Schedule(**_CPU, pilot=True, teacher_seed=PILOT_MIN_SEED),
     # The study machinery end to end in seconds on a CPU (tests, gpu_session.sh DRYRUN=1): the
     # tiny data sets, 4 iterations, batch 2. Its numbers mean nothing.
     "smoke": Schedule(teacher_iters=4, student_iters=4, batch=2, finetune_iters=2, tiny=True),
@@ -120,8 +177,12 @@ def read_final_metrics(output_dir: str) -> Dict[str, float]:
 WALL_FILE = "wall_seconds.json"
 
 
-def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: str = "run.log") -> Dict[str, float]:
+def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: str = "run.log",
+                 threads: Optional[int] = None) -> Dict[str, float]:
     """Train + evaluate one config in a child process unless its results already exist.
+
+    ``threads``: the child's torch/OpenMP threads (default: torch's own choice), e.g. one per
+    run when two runs share two CPU cores.
 
     Returns the final bbox metrics and ``wall_s``, the run's wall time (recorded in the run's
     folder, so a reused run reports the time it took when it ran).
@@ -144,8 +205,11 @@ def run_training(config: str, output_dir: str, opts: Sequence[str], log_name: st
            "OUTPUT_DIR", output_dir, *opts]
     logger.info("Running: %s", " ".join(cmd))
     start = time.perf_counter()
+    env = dict(os.environ)
+    if threads is not None:
+        env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     with open(os.path.join(output_dir, log_name), "w") as log:
-        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        result = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
     wall = time.perf_counter() - start
     if result.returncode != 0:
         raise RuntimeError(f"Training failed ({config}); see {os.path.join(output_dir, log_name)}")
@@ -204,6 +268,12 @@ def check_study(mode: str, students: Sequence[str], finetune: bool) -> List[str]
     return students
 
 
+def check_seeds(mode: str, seeds: Sequence[int]) -> None:
+    """Pilots never share a seed with the confirmatory runs (0, 1, 2, ...)."""
+    if MODES[mode].pilot and any(s < PILOT_MIN_SEED for s in seeds):
+        raise ValueError(f"mode {mode!r} is a pilot: its seeds must be >= {PILOT_MIN_SEED} (got {list(seeds)})")
+
+
 def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root: str,
               finetune: bool = False, parallel: int = 1, extra_opts: Sequence[str] = ()) -> Dict[str, dict]:
     """Train the teacher once, then every student for every seed; returns the summary.
@@ -215,7 +285,7 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
     """
     students = check_study(mode, students, finetune)
     logger.info("Study %s on %s: students %s, seeds %s", mode, device_description(), students, list(seeds))
-    if MODES[mode].tiny:
+    if MODES[mode].tiny or MODES[mode].input_side or MODES[mode].pilot:
         raise ValueError(f"mode {mode!r} runs only as a budgeted study: add --ledger DIR")
     schedule = MODES[mode]
     teacher_dir = os.path.join(out_root, "teacher_R50")

@@ -140,6 +140,15 @@ def _order(wanted: Sequence[Job], jobs: Dict[str, Job], entries: Sequence[dict],
     return order, skipped
 
 
+def _ready_first(order: Sequence[Tuple[Job, str]]) -> List[Tuple[Job, str]]:
+    """With several slots, the runs that wait for nothing go first (each group in its order):
+    a run waiting for a prerequisite holds its slot, so a student queued right behind the
+    teacher would leave a slot idle while runs that need nothing wait."""
+    keys = {job.key for job, _ in order}
+    ready = [(j, r) for j, r in order if not any(n in keys for n in j.needs)]
+    return ready + [(j, r) for j, r in order if any(n in keys for n in j.needs)]
+
+
 def _simulate(order: Sequence[Tuple[Job, str]], costs: Dict[str, Tuple[float, str]], budget_s: float,
               parallel: int) -> List[Planned]:
     """The runs that finish within the budget, first come first served on ``parallel`` slots;
@@ -182,6 +191,8 @@ def plan_study(wanted: Sequence[Job], entries: Sequence[dict], device: str, budg
     for job in wanted:
         jobs.setdefault(job.key, job)
     order, skipped = _order(wanted, jobs, entries, local)
+    if parallel > 1:
+        order = _ready_first(order)
     costs = {job.key: estimate_seconds(job, entries, device, parallel, default_s_per_it) for job, _ in order}
     kept = _simulate(order, costs, budget_s, parallel)
     # A retrained prerequisite none of whose dependents fits only costs time: drop it and

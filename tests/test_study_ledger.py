@@ -162,6 +162,20 @@ def test_plan_side_by_side_and_budget_edges():
     assert "does not fit the budget" in "\n".join(plan.lines())
 
 
+def test_side_by_side_runs_that_wait_for_nothing_go_first():
+    # Two slots: every baseline before the first AMP, so no slot sits waiting for the teacher
+    # while a baseline could run; one slot keeps the seed-by-seed order.
+    jobs = _jobs()
+    entries = [entry("teacher_R50", 0, "t" * 64, "teacher", wall_s=600.0), entry("baseline", 9, "b" * 64, wall_s=200.0),
+               entry("AMP", 9, "A" * 64, wall_s=300.0)]
+    plan = plan_study(jobs, entries, GPU, parallel=2)
+    assert [p.job.key for p in plan.run] == ["teacher", "baseline/seed0", "baseline/seed1", "baseline/seed2",
+                                             "AMP/seed0", "AMP/seed1", "AMP/seed2"]
+    assert [(p.start_s, p.end_s) for p in plan.run[4:]] == [(600.0, 900.0), (600.0, 900.0), (900.0, 1200.0)]
+    plan = plan_study(jobs, entries, GPU, parallel=1)
+    assert [p.job.key for p in plan.run][:3] == ["teacher", "baseline/seed0", "AMP/seed0"]
+
+
 def test_finetune_rows_need_their_seeds_baseline_here():
     base = Job("baseline/seed0", "baseline", "student", 0, "b" * 64, 3000)
     ft = Job("finetune_plain/seed0", "finetune_plain", "finetune", 0, "f" * 64, 500, ("baseline/seed0",))
@@ -228,14 +242,31 @@ def test_report_table_partial_and_not_run_rows():
     assert "| teacher_R50 | tttttttt | 3,000 | seed 0, 1 run(s) | 60.00 | 80.00 | 55.00 | 60.00 |" in text
     assert "| baseline | bbbbbbbb | 3,000 | 3/3 | 52.00 ± 2.00 | 72.00 ± 2.00 | 47.00 ± 2.00 | " \
            "50.00 (s0), 52.00 (s1), 54.00 (s2) | – |" in text
-    assert "| AMP | AAAAAAAA | 3,000 | 2/3 (partial) | 55.50 ± 0.71 |" in text and "| 60.00 | NVIDIA H200" in text
-    assert "| SM | – | – | 0/3 | not run yet |" in text and "| finetune_MGD_AMP | – | – | 0/3 | not run yet |" in text
+    assert "| AMP | AAAAAAAA | 3,000 | 2/3 (partial) | 55.50 ± 0.71 |" in text and "#### Study on NVIDIA H200" in text
+    assert "Not run yet on any device: SM, RD, SP," in text and text.rstrip().endswith("finetune_MGD_AMP.")
     assert "7 ledger entries, 2026-12-01 to 2026-12-02" in text
+    # The pre-registered analysis: baseline 50/52/54, AMP 55/56: +3.50, pooled SD sqrt(8.5/3),
+    # Welch t = 3.5 / sqrt(4/3 + 0.5/2) on 2.6 degrees of freedom.
+    assert "| AMP − baseline | 2 vs 3 | +3.50 | 1.68 | 2.1 | 2.78 (2.6) |" in text
+
+
+def test_report_keeps_devices_and_pilots_apart():
+    entries = [entry("baseline", s, "b" * 64, ap=50.0 + s) for s in range(3)]
+    entries += [entry("baseline", s, "c" * 64, ap=20.0 + s, device="cpu, 2 cores") for s in range(2)]
+    entries += [entry("baseline", 100, "d" * 64, ap=99.0, device="cpu, 2 cores", pilot=True,
+                      evaluated_on="mini_digits_train_holdout")]
+    text = "\n".join(study_table(entries, 3))
+    gpu, cpu, pilots = (text.index(f"#### {t}") for t in ("Study on NVIDIA H200", "Study on cpu, 2 cores",
+                                                          "Pilots on cpu, 2 cores"))
+    assert gpu < cpu < pilots
+    assert "| baseline | cccccccc | 3,000 | 2/3 (partial) | 20.50 ± 0.71 |" in text[cpu:pilots]
+    assert "99.00" in text[pilots:] and "99.00" not in text[:pilots]
+    assert "COCO bbox AP on mini_digits_train_holdout" in text[pilots:]
 
 
 def test_report_empty_ledger_and_readme_block(tmp_path):
     text = "\n".join(study_table([], 3))
-    assert "No study runs in the ledger yet" in text and "| baseline | – | – | 0/3 | not run yet |" in text
+    assert "No study runs in the ledger yet" in text and "Not run yet on any device: teacher_R50, baseline," in text
     assert "±" not in text and not re.search(r"\d\.\d\d", text)  # no number is made up
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\nbefore\n{README_START}\nold table\n{README_END}\nafter\n")

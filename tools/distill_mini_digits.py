@@ -3,8 +3,8 @@
 
     python tools/distill_mini_digits.py                  # quick: teacher 400 it, students 150 it
     python tools/distill_mini_digits.py --mode full      # the recorded CPU recipe
-    python tools/distill_mini_digits.py --mode full --students baseline,AMP,SM,RD,AMP_KD \\
-        --seeds 0,1,2 --finetune                         # the CPU study of docs/BENCHMARKS.md §6b
+    python tools/distill_mini_digits.py --mode cpu --group core --parallel 2 \\
+        --ledger docs/results/study                      # one group of the CPU study (PROTOCOL.md)
 
 Runs that already finished (model_final.pth + results in their folder) are reused.
 
@@ -30,17 +30,22 @@ from detectron2.utils.logger import setup_logger
 
 from benchmarks.ledger import DEFAULT_LEDGER
 from benchmarks.ledger_study import run_budgeted_study
-from benchmarks.study import MODES, STUDENT_GROUPS, STUDENTS, markdown_table, run_study
+from benchmarks.study import MODES, STUDENT_GROUPS, STUDENTS, STUDY_GROUPS, markdown_table, run_study
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--mode", default="quick", choices=sorted(MODES))
-    parser.add_argument("--students", default="baseline,AMP",
-                        help=f"comma list of {sorted(STUDENTS)} or groups {sorted(STUDENT_GROUPS)}")
+    parser.add_argument("--students", default=None,
+                        help=f"comma list of {sorted(STUDENTS)} or groups {sorted(STUDENT_GROUPS)} "
+                             "(default: baseline,AMP, or the --group's)")
+    parser.add_argument("--group", default=None, choices=sorted(STUDY_GROUPS),
+                        help="one self-contained group of the study (its students, seeds 0,1,2 unless "
+                             "--seeds, fine-tuning rows for 'finetune'); e.g. --mode cpu --group core --parallel 2")
     parser.add_argument("--parallel", type=int, default=1,
                         help="independent student runs side by side (e.g. 4 on one GPU)")
-    parser.add_argument("--seeds", default="0", help="comma list of seeds, e.g. 0,1,2")
+    parser.add_argument("--seeds", default=None, help="comma list of seeds, e.g. 0,1,2 (default: 0, or 0,1,2 "
+                                                          "with --group)")
     parser.add_argument("--out-dir", default=None, help="default: output/study_<mode>")
     parser.add_argument("--finetune", action="store_true",
                         help="also fine-tune each baseline student further, with and without MGD")
@@ -58,8 +63,10 @@ def main(argv=None) -> int:
     os.makedirs(out_dir, exist_ok=True)
     setup_logger(output=os.path.join(out_dir, "study.log"), name="mgd_det")
     setup_logger(output=os.path.join(out_dir, "study.log"), name="benchmarks")
-    students = args.students.split(",")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    group_students, group_finetune = STUDY_GROUPS[args.group] if args.group else (["baseline", "AMP"], False)
+    students = args.students.split(",") if args.students else group_students
+    seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.group else "0")).split(",")]
+    args.finetune = args.finetune or group_finetune
     if args.ledger or args.budget_min is not None:
         outcome = run_budgeted_study(args.mode, students, seeds, out_dir, args.ledger or DEFAULT_LEDGER,
                                      budget_min=args.budget_min, finetune=args.finetune, parallel=args.parallel,

@@ -35,6 +35,7 @@ from mgd_det.errors import ConfigError, DataError, MGDUserError, UserFileNotFoun
 from .annotation_checks import check_dataset_dicts
 from .coco_json import read_coco_json, shared_coco_api
 from .mini_digits import CLASS_NAMES, DEFAULT_SPECS, GENERATOR_VERSION, ensure_split, split_paths
+from .train_slices import SLICES, ensure_slice_json
 
 logger = logging.getLogger(__name__)
 
@@ -112,6 +113,16 @@ def ensure_generated(name: str) -> str:
     return json_file
 
 
+def ensure_slice(name: str) -> str:
+    """Generate a training slice's source if missing, write the slice's JSON, set its metadata
+    (the source's images and classes). Returns the slice's JSON path."""
+    spec = SLICES[name]
+    source_json = ensure_generated(spec.source)
+    json_file = ensure_slice_json(spec, source_json, read_coco_json(source_json, "delete it to regenerate it."))
+    _set_metadata(name, **dict(_mini_digits_metadata(spec.source), json_file=json_file))
+    return json_file
+
+
 def _check_paths(name: str, json_file: str, image_root: str) -> None:
     for kind, path, exists in (
         ("annotation file", json_file, os.path.isfile),
@@ -137,6 +148,9 @@ def ensure_dataset_ready(name: str) -> None:
     """
     if name in DEFAULT_SPECS:
         ensure_generated(name)
+        return
+    if name in SLICES:
+        ensure_slice(name)
         return
     if name not in DatasetCatalog.list():
         available = sorted(DatasetCatalog.list())
@@ -214,6 +228,14 @@ def _mini_digits_loader(name: str) -> Callable[[], List[Dict]]:
     return _checked_loader(name, load)
 
 
+def _slice_loader(name: str) -> Callable[[], List[Dict]]:
+    def load() -> List[Dict]:
+        json_file = ensure_slice(name)
+        return load_coco_json(json_file, MetadataCatalog.get(name).image_root, name, _EXTRA_ANNOTATION_KEYS)
+
+    return _checked_loader(name, load)
+
+
 def _coco_loader(name: str, json_file: str, image_root: str) -> Callable[[], List[Dict]]:
     def load() -> List[Dict]:
         _check_paths(name, json_file, image_root)
@@ -246,6 +268,10 @@ def register_mini_digits() -> None:
             continue
         DatasetCatalog.register(name, _mini_digits_loader(name))
         _set_metadata(name, **_mini_digits_metadata(name))
+    for name, spec in SLICES.items():
+        if name not in registered:
+            DatasetCatalog.register(name, _slice_loader(name))
+            _set_metadata(name, **_mini_digits_metadata(spec.source))
 
 
 # ------------------------------------------------------------- DATASETS.COCO_SETS

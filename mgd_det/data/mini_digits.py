@@ -81,6 +81,12 @@ class MiniDigitsSpec:
 DEFAULT_SPECS: Dict[str, MiniDigitsSpec] = {
     "mini_digits_train": MiniDigitsSpec("mini_digits", "train", 2000),
     "mini_digits_val": MiniDigitsSpec("mini_digits", "val", 300),
+    # The CPU study's sets (issue 27): 64x64 canvases with digits as large in pixels as the
+    # 128x128 sets' (16-48 px, 1-3 per image), a quarter of the pixels per image to compute on.
+    "mini_digits64_train": MiniDigitsSpec("mini_digits64", "train", 4000, image_size=64, max_digits=3,
+                                          digit_scale=(16, 48)),
+    "mini_digits64_val": MiniDigitsSpec("mini_digits64", "val", 500, image_size=64, max_digits=3,
+                                        digit_scale=(16, 48)),
     "mini_digits_tiny_train": MiniDigitsSpec(
         "mini_digits_tiny", "train", 16, image_size=64, max_digits=3, digit_scale=(12, 32)
     ),
