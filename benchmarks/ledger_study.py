@@ -190,8 +190,9 @@ def local_entries(jobs: Dict[str, StudyJob], out_root: str) -> Dict[str, dict]:
 
 
 def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, device: str, parallel: int,
-               teacher: Optional[dict], start: Optional[dict]) -> dict:
-    """The ledger entry of a finished run in ``folder``."""
+               teacher: Optional[dict], start: Optional[dict], commit: Optional[str] = None) -> dict:
+    """The ledger entry of a finished run in ``folder``; ``commit``: the code the run used (the
+    checkout when the session started; default: as it is now)."""
     job, when = sj.job, ledger.now()
     batch = int(sj.cfg.SOLVER.IMS_PER_BATCH)
     weights = os.path.join(folder, "model_final.pth")
@@ -204,7 +205,7 @@ def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, 
         "evaluations": ledger.read_evaluations(folder),
         "weights_sha256": ledger.file_sha256(weights) if os.path.isfile(weights) else None,
         "teacher": teacher and ledger.identity(teacher), "start": start and ledger.identity(start),
-        "date": when.isoformat(), "git_commit": ledger.git_commit(),
+        "date": when.isoformat(), "git_commit": commit if commit is not None else ledger.git_commit(),
         "pilot": bool(MODES[mode].pilot), "evaluated_on": ",".join(sj.cfg.DATASETS.TEST),
     }
 
@@ -221,6 +222,9 @@ class _Session:
         self.outcome = StudyOutcome(plan)
         self.lock = threading.Lock()
         self.start = time.monotonic()
+        # The code the runs use: the checkout now, not when each run ends (the ledger's own
+        # commits land in between).
+        self.commit = ledger.git_commit()
         # Runs side by side on the CPU share its cores (one thread each on two cores: 1.27x
         # the images per second of one run on both, benchmarks/cpu_levers.py).
         cores = os.cpu_count() or 1
@@ -266,7 +270,7 @@ class _Session:
             opts += ["MODEL.WEIGHTS", os.path.join(self._folder(sj.start_from), "model_final.pth")]
         folder = self._folder(key)
         metrics = run_training(sj.config, folder, opts, threads=self.threads)
-        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start)
+        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start, self.commit)
         ledger.write_entry(self.ledger_dir, entry)
         ledger.write_entry(folder, entry, ENTRY_FILE)
         with self.lock:

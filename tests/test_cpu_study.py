@@ -114,3 +114,24 @@ def test_optional_entry_fields_are_checked(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(entry(pilot="yes")))
     with pytest.raises(DataError, match="'pilot' is 'yes', expected bool"):
         ledger.read_ledger(str(tmp_path))
+
+
+@pytest.mark.slow
+def test_group_command_runs_its_rows_side_by_side(tmp_path, tiny_datasets):
+    """``--group core --parallel 2`` on the tiny split: the teacher, then each seed's baseline
+    and MGD-AMP, two runs at a time with one thread each, every run in the ledger with the
+    session's commit."""
+    from _runner import run_tool
+
+    result = run_tool("distill_mini_digits", "--mode", "smoke", "--group", "core", "--seeds", "0,1",
+                      "--parallel", "2", "--ledger", tmp_path / "ledger", "--out-dir", tmp_path / "out",
+                      "MODEL.DEVICE", "cpu", env={"MGD_GIT_COMMIT": "abc1234"}, timeout=900)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    entries = ledger.read_ledger(str(tmp_path / "ledger"))
+    assert sorted((e["name"], e["seed"]) for e in entries) == [
+        ("AMP", 0), ("AMP", 1), ("baseline", 0), ("baseline", 1), ("teacher_R50", 0)]
+    assert all(e["parallel"] == 2 and e["git_commit"] == "abc1234" and e["pilot"] is False for e in entries)
+    assert {e["evaluated_on"] for e in entries} == {"mini_digits_tiny_val"}
+    log = result.stdout + result.stderr
+    # both baselines were planned before the first MGD student (they wait for nothing)
+    assert log.index("run   baseline/seed1") < log.index("run   AMP/seed0")
