@@ -303,8 +303,9 @@ def replace_block(text: str, block: str, where: str) -> str:
 
 def plot_study(entries: Sequence[dict], out_path: str) -> bool:
     """Final AP per row (mean ± std, one dot per seed) and AP at each evaluation (mean over
-    the row's seeds); False (nothing drawn) without entries."""
-    rows = [r for r in study_rows(entries) if r["metrics"]["AP"]]
+    the row's seeds), confirmatory runs only (pilots left out), each row labelled with its
+    device; False (nothing drawn) without entries."""
+    rows = [r for r in study_rows([e for e in entries if not e.get("pilot", False)]) if r["metrics"]["AP"]]
     if not rows:
         logger.info("No evaluated runs in the ledger: no study plot drawn")
         return False
@@ -314,7 +315,7 @@ def plot_study(entries: Sequence[dict], out_path: str) -> bool:
     import matplotlib.pyplot as plt
 
     fig, (bars, curves) = plt.subplots(1, 2, figsize=(13, 0.45 * len(rows) + 3))
-    labels = [f"{r['name']} ({len(r['metrics']['AP'])})" for r in rows]
+    labels = [f"{r['name']} ({len(r['metrics']['AP'])}, {r['devices'][0].split(',')[0]})" for r in rows]
     for i, r in enumerate(rows):
         aps = r["metrics"]["AP"]
         bars.barh(i, statistics.mean(aps), xerr=statistics.stdev(aps) if len(aps) > 1 else 0, color="C0", alpha=0.6)
@@ -331,7 +332,7 @@ def plot_study(entries: Sequence[dict], out_path: str) -> bool:
     curves.set_xlabel("iteration")
     curves.set_ylabel("AP (mean over the row's seeds)")
     curves.legend(fontsize=7)
-    fig.suptitle("Study ledger: row (number of seeds or runs)")
+    fig.suptitle("Study ledger: row (number of seeds or runs, device); pilots not shown")
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     fig.savefig(out_path, dpi=110)

@@ -8,7 +8,7 @@ import pytest
 
 from _runner import run_tool
 from benchmarks import ledger
-from benchmarks.report import README_END, README_START, main as report_main, replace_block, study_table
+from benchmarks.report import README_END, README_START, main as report_main, plot_study, replace_block, study_table
 from benchmarks.study_plan import Job, estimate_seconds, plan_study
 from mgd_det.config import setup_cfg
 from mgd_det.errors import DataError
@@ -262,6 +262,8 @@ def test_report_keeps_devices_and_pilots_apart():
     assert "| baseline | cccccccc | 3,000 | 2/3 (partial) | 20.50 ± 0.71 |" in text[cpu:pilots]
     assert "99.00" in text[pilots:] and "99.00" not in text[:pilots]
     assert "COCO bbox AP on mini_digits_train_holdout" in text[pilots:]
+    # the figure leaves the pilots out: only pilots, nothing to draw
+    assert not plot_study([e for e in entries if e.get("pilot")], "unused.png")
 
 
 def test_report_empty_ledger_and_readme_block(tmp_path):
