@@ -233,11 +233,16 @@ def comparison_table(rows: Sequence[dict]) -> List[str]:
     from benchmarks.study_stats import compare
 
     lines = []
-    baselines = {r["mode"]: r for r in rows if r["name"] == "baseline" and r["metrics"]["AP"]}
+    baselines: Dict[str, dict] = {}  # per study mode: the baseline row with the most seeds, then the newest
+    for r in rows:
+        if r["name"] == "baseline" and r["metrics"]["AP"]:
+            best = baselines.get(r["mode"])
+            if best is None or (len(r["metrics"]["AP"]), r["last_date"]) > (len(best["metrics"]["AP"]), best["last_date"]):
+                baselines[r["mode"]] = r
     out = []
     for r in rows:
         base = baselines.get(r["mode"])
-        if base is None or r is base or not r["metrics"]["AP"]:
+        if base is None or r["name"] == "baseline" or not r["metrics"]["AP"]:
             continue
         c = compare(base["metrics"]["AP"], r["metrics"]["AP"])
         sds = f"{c.in_pooled_sds:.1f}" if c.in_pooled_sds is not None else "–"

@@ -255,12 +255,17 @@ def test_report_keeps_devices_and_pilots_apart():
     entries += [entry("baseline", s, "c" * 64, ap=20.0 + s, device="cpu, 2 cores") for s in range(2)]
     entries += [entry("baseline", 100, "d" * 64, ap=99.0, device="cpu, 2 cores", pilot=True,
                       evaluated_on="mini_digits_train_holdout")]
+    # a second pilot recipe of the baseline with two seeds, and a pilot teacher: the teacher is
+    # compared with the baseline row that has the most seeds, baselines never with each other
+    entries += [entry("baseline", s, "e" * 64, ap=s - 90.0, device="cpu, 2 cores", pilot=True) for s in (100, 101)]
+    entries += [entry("teacher_R50", 100, "f" * 64, "teacher", ap=30.0, device="cpu, 2 cores", pilot=True)]
     text = "\n".join(study_table(entries, 3))
     gpu, cpu, pilots = (text.index(f"#### {t}") for t in ("Study on NVIDIA H200", "Study on cpu, 2 cores",
                                                           "Pilots on cpu, 2 cores"))
     assert gpu < cpu < pilots
     assert "| baseline | cccccccc | 3,000 | 2/3 (partial) | 20.50 ± 0.71 |" in text[cpu:pilots]
     assert "99.00" in text[pilots:] and "99.00" not in text[:pilots]
+    assert "| teacher_R50 − baseline | 1 vs 2 | +19.50 |" in text[pilots:] and "baseline − baseline" not in text
     assert "COCO bbox AP on mini_digits_train_holdout" in text[pilots:]
     # the figure leaves the pilots out: only pilots, nothing to draw
     assert not plot_study([e for e in entries if e.get("pilot")], "unused.png")
