@@ -87,25 +87,22 @@ class StudyOutcome:
         return out
 
 
-def _dataset_opts(cfg, replace: Dict[str, str]) -> List[str]:
-    """DATASETS.TRAIN / TEST overrides with the names in ``replace`` swapped."""
-    opts = []
-    for key in ("TRAIN", "TEST"):
-        names = tuple(replace.get(n, n) for n in getattr(cfg.DATASETS, key))
-        opts += [f"DATASETS.{key}", repr(names)]
-    return opts
-
-
 def schedule_opts(schedule, cfg) -> List[str]:
-    """What a study mode changes in every run's config besides its solver: the tiny sets
-    (smoke), the input side and the mode's data sets, the pilot's training slices."""
-    opts: List[str] = []
-    if schedule.tiny:
-        opts += TINY_OPTS + _dataset_opts(cfg, TINY_DATASETS)
-    opts += schedule.size_opts()
-    replace = schedule.dataset_map()
-    if replace:
-        opts += _dataset_opts(cfg, replace)
+    """What a study mode changes in every run's config besides its solver: the tiny settings
+    (smoke), the loader and input side, and the data sets (the mode's own, the tiny ones,
+    the pilot's training slices)."""
+    opts = list(TINY_OPTS) if schedule.tiny else []
+    opts += schedule.input_opts()
+
+    def rename(name: str) -> str:
+        name = schedule.dataset_name(name)
+        return TINY_DATASETS.get(name, name) if schedule.tiny else name
+
+    for key in ("TRAIN", "TEST"):
+        names = getattr(cfg.DATASETS, key)
+        renamed = tuple(rename(n) for n in names)
+        if renamed != tuple(names):
+            opts += [f"DATASETS.{key}", repr(renamed)]
     return opts
 
 

@@ -100,21 +100,20 @@ class Schedule:
                 str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
                 str(min(20, iters // 5)), *self._batch_opts(), *self._eval_opts()]
 
-    def size_opts(self) -> List[str]:
+    def input_opts(self) -> List[str]:
         """KEY VALUE pairs for ``loader_workers`` and ``input_side``, for any config."""
-        workers = [] if self.loader_workers is None else ["DATALOADER.NUM_WORKERS", str(self.loader_workers)]
-        if self.input_side is None:
-            return workers
-        side = str(self.input_side)
-        return workers + ["INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", side, "INPUT.MIN_SIZE_TEST", side,
-                "INPUT.MAX_SIZE_TEST", side]
+        opts = [] if self.loader_workers is None else ["DATALOADER.NUM_WORKERS", str(self.loader_workers)]
+        if self.input_side is not None:
+            side = str(self.input_side)
+            opts += ["INPUT.MIN_SIZE_TRAIN", f"({side},)", "INPUT.MAX_SIZE_TRAIN", side, "INPUT.MIN_SIZE_TEST",
+                     side, "INPUT.MAX_SIZE_TEST", side]
+        return opts
 
-    def dataset_map(self) -> Dict[str, str]:
-        """Config data set -> the one this mode uses (its own sets, then the pilot's slices)."""
-        if not self.pilot:
-            return dict(self.datasets)
-        return {name: PILOT_DATASETS.get(self.datasets.get(name, name), self.datasets.get(name, name))
-                for name in set(self.datasets) | set(PILOT_DATASETS)}
+    def dataset_name(self, name: str) -> str:
+        """The data set this mode uses for a config's ``name``: its own set, then, in a
+        pilot, that set's training slice."""
+        name = self.datasets.get(name, name)
+        return PILOT_DATASETS.get(name, name) if self.pilot else name
 
     def _eval_opts(self) -> List[str]:
         return [] if self.eval_period is None else ["TEST.EVAL_PERIOD", str(self.eval_period)]

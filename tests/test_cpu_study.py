@@ -98,6 +98,19 @@ def test_cpu_modes_resolve_sizes_data_sets_and_pilot_slices():
     assert not schedule_opts(MODES["gpu"], c.cfg)  # the GPU study keeps the configs' sets and sizes
 
 
+def test_side_by_side_cpu_runs_get_one_thread_each(monkeypatch):
+    from benchmarks.ledger_study import _Session
+    from benchmarks.study_plan import Plan
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+
+    def threads(device, parallel):
+        return _Session({}, Plan(), "out", "ledger", "cpu", device, parallel, {}).threads
+
+    assert threads("cpu, 2 cores", 2) == 1 and threads("cpu, 2 cores", 1) is None
+    assert threads("NVIDIA H200, 16 cores", 4) is None  # GPU runs keep torch's own choice
+
+
 def test_pilot_seeds_and_groups():
     check_seeds("cpu", [0, 1, 2])
     with pytest.raises(ValueError, match="seeds must be >= 100"):

@@ -220,17 +220,11 @@ def _wrap_with_checks(name: str) -> None:
     _CHECKED.add(name)
 
 
-def _mini_digits_loader(name: str) -> Callable[[], List[Dict]]:
+def _generated_loader(name: str, ensure: Callable[[str], str]) -> Callable[[], List[Dict]]:
+    """Loader of a set the project writes itself: ``ensure(name)`` makes its files (and
+    metadata) ready and returns its JSON."""
     def load() -> List[Dict]:
-        json_file = ensure_generated(name)
-        return load_coco_json(json_file, MetadataCatalog.get(name).image_root, name, _EXTRA_ANNOTATION_KEYS)
-
-    return _checked_loader(name, load)
-
-
-def _slice_loader(name: str) -> Callable[[], List[Dict]]:
-    def load() -> List[Dict]:
-        json_file = ensure_slice(name)
+        json_file = ensure(name)
         return load_coco_json(json_file, MetadataCatalog.get(name).image_root, name, _EXTRA_ANNOTATION_KEYS)
 
     return _checked_loader(name, load)
@@ -266,11 +260,11 @@ def register_mini_digits() -> None:
     for name in DEFAULT_SPECS:
         if name in registered:
             continue
-        DatasetCatalog.register(name, _mini_digits_loader(name))
+        DatasetCatalog.register(name, _generated_loader(name, ensure_generated))
         _set_metadata(name, **_mini_digits_metadata(name))
     for name, spec in SLICES.items():
         if name not in registered:
-            DatasetCatalog.register(name, _slice_loader(name))
+            DatasetCatalog.register(name, _generated_loader(name, ensure_slice))
             _set_metadata(name, **_mini_digits_metadata(spec.source))
 
 

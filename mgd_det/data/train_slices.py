@@ -1,9 +1,10 @@
 """Slices of a registered COCO training split, for choosing settings without the reported split.
 
 A study's pilots (issue 27) train on ``<train>_fit`` (the training images but the last
-``holdout``, by image id) and are judged on ``<train>_holdout`` (those last images), so no setting is chosen by looking at ``mini_digits_val``. Each slice is a COCO
-JSON written once beside its source's (the images stay where they are), deterministic and
-atomic, so COCO evaluation reads it like any other set.
+``holdout``, by image id) and are judged on ``<train>_holdout`` (those last images), so no
+setting is chosen by looking at the validation split. Each slice is a COCO JSON written beside
+its source's (the images stay where they are), deterministically and atomically, and rewritten
+when the source is newer, so COCO evaluation reads it like any other set.
 """
 import json
 import os
