@@ -9,7 +9,7 @@ training batch it prints the relative norm error ||fd - exact|| / ||exact|| and 
     python -m benchmarks.distpro_radius --dtype float64 --batches 3
     python -m benchmarks.distpro_radius --dtype float32 --batches 3
 
-``hypergradients`` is also what ``tests/test_distpro_hypergradient.py`` checks.
+``hypergradients`` is also what ``tests/engine/test_distpro_meta_step.py`` checks.
 """
 import argparse
 import logging

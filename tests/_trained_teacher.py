@@ -1,5 +1,5 @@
 """A tiny RetinaNet teacher *trained* on CPU in about a minute, for tests where the teacher's
-scores must mean something (issue 19: preferential sampling of an unlabeled pool).
+scores must mean something (preferential sampling of an unlabeled pool).
 
 A random teacher scores every image 0 (uniform fallback), and a teacher over-fitted on the 16
 images of ``mini_digits_tiny_train`` scores the pool's shapes and letters as high as its

@@ -1,6 +1,6 @@
-"""Issue 13 point 2: the MGD config is validated up front, naming the key; relative paths are
+"""The MGD config is validated up front, naming the key; relative paths are
 read from the file that set them (a _BASE_ file's own folder; the command line: the cwd).
-Issue 18: one check registry, filled by the modules that own the keys; validated once per launch."""
+One check registry, filled by the modules that own the keys; validated once per launch."""
 import glob
 import os
 

@@ -1,5 +1,5 @@
 """The package's import graph, read from the source (ast; nothing is imported): no import
-circle, and no module importing a higher layer (issue 18).
+circle, and no module importing a higher layer.
 
 Layers, bottom up: the leaves (``errors``, ``atomic_io``, ``cfg_facts``), the Detectron2-free
 core (``matching``), the config (a leaf over the leaves: it declares keys and runs the

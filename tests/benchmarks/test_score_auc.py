@@ -95,7 +95,7 @@ def test_score_report_covers_every_score_kind(tmp_path, tiny_datasets):
     assert report["num_images"] == 32 and report["num_relevant"] == 8
     assert report["default"] == cfg.MGD.UNLABELED.SCORE == "rank"
     assert set(report) >= {"old", *[k for k in SCORE_KINDS if k != "mass"]}
-    assert report["old"]["sampling"]["mode"] == "preferential"  # before issue 19: no fallback
+    assert report["old"]["sampling"]["mode"] == "preferential"  # the old scorer: no fallback
     for kind in ("relative", "rank", "max"):
         entry = report[kind]
         assert entry["score"] == kind and entry["auc"] == pytest.approx(0.5)

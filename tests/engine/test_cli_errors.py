@@ -1,4 +1,4 @@
-"""Issue 13 point 1: one clear line per anticipated error, the traceback in the log file.
+"""One clear line per anticipated error, the traceback in the log file.
 
 ``python tools/train_net.py`` with a bad input prints exactly one ``ERROR: ...`` line on
 stderr (no traceback, no config dump before it), exits with code != 0 and leaves the

@@ -1,4 +1,4 @@
-"""benchmarks/profile_step.py (the GPU evidence script of issue 20) runs every part on the CPU at
+"""benchmarks/profile_step.py (the GPU step-profile script) runs every part on the CPU at
 tiny sizes and reports what it claims; no timing is asserted."""
 import json
 import os

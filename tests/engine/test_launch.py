@@ -9,7 +9,7 @@ from mgd_det.engine import launch as launch_module
 from mgd_det.engine.launch import config_device, launch_processes
 from mgd_det.errors import ConfigError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _record(out_dir):

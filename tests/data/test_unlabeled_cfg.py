@@ -27,7 +27,7 @@ def test_bad_values_are_one_line_errors(key, value, message):
 
 
 def test_bad_values_are_config_errors_listed_at_once():
-    """The same registered check validates a launch and guards the builders (issue 18)."""
+    """The same registered check validates a launch and guards the builders."""
     from mgd_det.config_checks import CHECKS
     from mgd_det.data.unlabeled_cfg import unlabeled_cfg_problems
     from mgd_det.errors import ConfigError

@@ -1,4 +1,4 @@
-"""The CPU study's pieces (issue 27): the pre-registered analysis, the pilots' training
+"""The CPU study's pieces: the pre-registered analysis, the pilots' training
 slices, the cpu / cpu_pilot modes' options and seeds, and the group command line."""
 import json
 import math
@@ -121,7 +121,7 @@ def test_pilot_seeds_and_groups():
 
 
 def test_optional_entry_fields_are_checked(tmp_path):
-    from test_study_ledger import entry
+    from test_ledger import entry
 
     ledger.write_entry(str(tmp_path), entry(pilot=True, evaluated_on="mini_digits_train_holdout"))
     (tmp_path / "bad.json").write_text(json.dumps(entry(pilot="yes")))

@@ -1,4 +1,4 @@
-"""Issue 22: a log file that cannot be written (full disk, file-size limit) costs one warning
+"""A log file that cannot be written (full disk, file-size limit) costs one warning
 on the terminal, not a traceback per record plus one at exit."""
 import textwrap
 

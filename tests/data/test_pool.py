@@ -23,7 +23,7 @@ from mgd_det.data.pool import (
 )
 
 TINY = POOL_SPECS["mini_digits_pool_tiny"]
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _digest(folder):

@@ -1,4 +1,4 @@
-"""Label-free training where the teacher's scores matter (issue 19).
+"""Label-free training where the teacher's scores matter.
 
 With a *trained* tiny teacher (session fixture ``trained_tiny_teacher``) the trainer samples
 the pool preferentially by its default ("rank") score and draws digit images more often

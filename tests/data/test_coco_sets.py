@@ -1,4 +1,4 @@
-"""Issue 13 points 4 and 5: your own COCO data without Python, checked once, parsed once.
+"""Your own COCO data without Python, checked once, parsed once.
 
 - DATASETS.COCO_SETS ("NAME:ANNOTATIONS.json:IMAGE_DIR") registers sets from the config or the
   command line; ``python tools/train_net.py`` trains and evaluates on them;

@@ -1,4 +1,4 @@
-"""Issue 13 point 5 (export): overrides, verification before writing, nothing overwritten.
+"""Export: overrides, verification before writing, nothing overwritten.
 
 ``tools/export_student.py`` never replaces its input, replaces another existing file only with
 ``--force``, writes only a verified export (a failed ``--config-file`` check leaves the disk as

@@ -28,7 +28,7 @@ from benchmarks.memory import run_worker
 from benchmarks.update import ortools_arc_loop_assignment, synthetic_costs
 from mgd_det.matching.assignment import solve_assignment
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = os.path.join(REPO, "configs", "mini_digits", "mgd_retinanet_R50_R18_AMP.yaml")
 FAST_OPTS = ["MGD.TEACHER.CONFIG_FILE", os.path.join(REPO, "configs", "mini_digits", "retinanet_R18_FPN.yaml"),
              "MODEL.DEVICE", "cpu"]

@@ -1,4 +1,4 @@
-"""Issue 13 point 3: checkpoints are never lost.
+"""Checkpoints are never lost.
 
 Saves are atomic (temporary file, fsync, rename; last_checkpoint the same way): a process
 killed mid-save (SIGKILL), a file-size limit (RLIMIT_FSIZE) or a failing writer leave the

@@ -1,4 +1,4 @@
-"""Issue 13 points 3 and 6: resume and teacher-loading errors that say what happened.
+"""Resume and teacher-loading errors that say what happened.
 
 - a plain detector checkpoint met by ``--resume`` of an MGD run, an MGD checkpoint given to a
   plain model, a changed MGD.REDUCER / pathways on resume: named as such, nothing loaded;

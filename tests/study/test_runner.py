@@ -109,7 +109,7 @@ def test_gpu_session_dryrun_records_the_study_in_out(tmp_path, tiny_datasets):
 
     from benchmarks.ledger import read_ledger
 
-    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, DRYRUN="1", SYNC="0", SEEDS="0", STUDENTS="baseline", PYTHON=sys.executable,
                OUT=str(tmp_path / "out"), RUNS=str(tmp_path / "runs"), MGD_DATASETS=tiny_datasets,
                OMP_NUM_THREADS="1")

@@ -13,7 +13,7 @@ from benchmarks.study_plan import Job, estimate_seconds, plan_study
 from mgd_det.config import setup_cfg
 from mgd_det.errors import DataError
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINI = os.path.join(REPO, "configs", "mini_digits")
 GPU = "NVIDIA H200, 16 cores"
 

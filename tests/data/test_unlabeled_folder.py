@@ -19,17 +19,9 @@ from mgd_det.data.unlabeled import (
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 from mgd_det.ground_truth import is_unlabeled
 
+from _images import png_bytes, random_rgb, make_odd_folder
+
 RNG = np.random.default_rng(0)
-
-
-def _rgb(h=24, w=32):
-    return RNG.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-
-
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 @pytest.fixture()
@@ -37,16 +29,16 @@ def messy_folder(tmp_path):
     """Good images of every mode (some in a sub-folder, upper-case extensions) + bad files."""
     root = tmp_path / "pool"
     (root / "sub" / "deeper").mkdir(parents=True)
-    Image.fromarray(_rgb()).save(root / "a_rgb.png")
-    Image.fromarray(_rgb()).save(root / "b_rgb.JPG", quality=90)
-    Image.fromarray(_rgb()[:, :, 0]).save(root / "sub" / "c_gray.png")
-    rgba = Image.fromarray(np.dstack([_rgb(), np.full((24, 32), 128, np.uint8)]))
+    Image.fromarray(random_rgb()).save(root / "a_rgb.png")
+    Image.fromarray(random_rgb()).save(root / "b_rgb.JPG", quality=90)
+    Image.fromarray(random_rgb()[:, :, 0]).save(root / "sub" / "c_gray.png")
+    rgba = Image.fromarray(np.dstack([random_rgb(), np.full((24, 32), 128, np.uint8)]))
     rgba.save(root / "sub" / "d_rgba.png")
-    Image.fromarray(_rgb()).quantize(16).save(root / "sub" / "e_palette.bmp")
+    Image.fromarray(random_rgb()).quantize(16).save(root / "sub" / "e_palette.bmp")
     Image.fromarray((RNG.integers(0, 65536, size=(24, 32))).astype(np.uint16)).save(root / "sub" / "f_16bit.tif")
-    Image.fromarray(_rgb()).save(root / "sub" / "deeper" / "g_rgb.webp")
+    Image.fromarray(random_rgb()).save(root / "sub" / "deeper" / "g_rgb.webp")
     # bad ones: a truncated PNG (header fine, data cut), a text file named .jpg, an empty file
-    data = _png_bytes(Image.fromarray(_rgb(64, 64)))
+    data = png_bytes(Image.fromarray(random_rgb(64, 64)))
     (root / "sub" / "truncated.png").write_bytes(data[: len(data) // 2])
     (root / "not_an_image.jpg").write_text("<html>404 not found</html>")
     (root / "empty.jpeg").write_bytes(b"")
@@ -70,41 +62,6 @@ def test_listing_skips_and_counts_bad_files_in_one_warning(messy_folder, caplog)
     assert "skipped 3 of 10" in warnings[0].getMessage()
     assert "not_an_image.jpg" in warnings[0].getMessage() and "empty file" in warnings[0].getMessage()
     assert "truncated.png" in warnings[0].getMessage()
-
-
-def _save(image_or_array, path, **kwargs):
-    image = image_or_array if isinstance(image_or_array, Image.Image) else Image.fromarray(image_or_array)
-    image.save(path, **kwargs)
-
-
-def make_odd_folder(root):
-    """A crawled folder's odd cases: banners, a 1x1 pixel, truncated PNG/JPEG, a GIF,
-    a symlinked sub-folder, a link loop, a symlinked duplicate of a file, a broken link.
-    Returns (folder, names expected in the listing, names expected among the skipped)."""
-    (root / "real" / "inner").mkdir(parents=True)
-    _save(_rgb(32, 48), root / "real" / "ok.png")
-    _save(_rgb(90, 728), root / "real" / "wide_banner.jpg", quality=90)  # 8:1, usable
-    _save(_rgb(1, 4000), root / "real" / "banner_4000x1.png")
-    _save(_rgb(10, 4000), root / "real" / "banner_4000x10.png")
-    _save(_rgb(1, 1), root / "real" / "pixel.png")
-    _save(_rgb(40, 40), root / "real" / "inner" / "deep.webp")
-    frames = [Image.fromarray(_rgb(30, 30)).convert("P") for _ in range(3)]
-    frames[0].save(root / "real" / "anim.gif", save_all=True, append_images=frames[1:])
-    data = _png_bytes(Image.fromarray(_rgb(64, 64)))
-    (root / "real" / "cut.png").write_bytes(data[: len(data) // 2])
-    buffer = io.BytesIO()
-    Image.fromarray(_rgb(64, 64)).save(buffer, format="JPEG", quality=90)
-    (root / "real" / "cut.jpg").write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 2])
-    outside = root.parent / (root.name + "_outside")
-    outside.mkdir()
-    _save(_rgb(24, 24), outside / "linked_in.png")
-    (root / "real" / "linked_dir").symlink_to(outside, target_is_directory=True)
-    (root / "real" / "loop").symlink_to(root / "real", target_is_directory=True)
-    (root / "real" / "dup_of_ok.png").symlink_to(root / "real" / "ok.png")
-    (root / "real" / "dangling.png").symlink_to(root / "real" / "nothing_here.png")
-    listed = ["anim.gif", "inner/deep.webp", "linked_dir/linked_in.png", "ok.png", "wide_banner.jpg"]
-    skipped = ["banner_4000x1.png", "banner_4000x10.png", "cut.jpg", "cut.png", "dangling.png", "pixel.png"]
-    return root / "real", listed, skipped
 
 
 def test_odd_images_and_links_are_listed_once_or_skipped_in_one_warning(tmp_path, caplog):
@@ -138,7 +95,7 @@ def test_every_mode_reads_in_the_configured_format(messy_folder, fmt, channels):
 
 
 def test_exif_rotation_is_reflected_in_listed_size(tmp_path):
-    image = Image.fromarray(_rgb(20, 40))
+    image = Image.fromarray(random_rgb(20, 40))
     exif = image.getexif()
     exif[0x0112] = 6  # rotate 90 degrees on display
     image.save(tmp_path / "rotated.jpg", exif=exif)
@@ -187,7 +144,7 @@ def test_registration_from_cfg_and_filter_empty(messy_folder, tiny_datasets):
 
 
 def test_mapper_substitutes_next_readable_image_and_counts(messy_folder, caplog):
-    data = _png_bytes(Image.fromarray(_rgb(64, 64)))
+    data = png_bytes(Image.fromarray(random_rgb(64, 64)))
     (messy_folder / "sub" / "truncated.png").write_bytes(data)  # fine when listed ...
     dicts = load_image_folder(str(messy_folder))
     (messy_folder / "sub" / "truncated.png").write_bytes(data[: len(data) // 2])  # ... cut later

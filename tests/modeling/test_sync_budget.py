@@ -21,7 +21,7 @@ BUDGETS = {
     # per batch 1 num_pos .item(), 2 one_hot range checks (CPU only), 4 mask indexings, 2 mask
     # index_put in the backward.
     "RetinaNet": {"student_step": 15, "mgd_step": 15, "tracking_batch": 0},
-    # The batched loss: none (issue 20's target: <= 5 for the plain step, none added by MGD).
+    # The batched loss: none (the target: <= 5 for the plain step, none added by MGD).
     "BatchedRetinaNet": {"student_step": 0, "mgd_step": 0, "tracking_batch": 0},
 }
 

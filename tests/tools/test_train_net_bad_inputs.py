@@ -1,4 +1,4 @@
-"""Issue 22: the last bad inputs that ended in a traceback or a misleading line.
+"""Bad inputs of train_net.py that once ended in a traceback or a misleading line.
 
 Each is now one ``ERROR:`` line naming the key or file and the fix, found up front where the
 config can tell: unlabeled folders and their keys, ``MGD.POSITIONS []``, a teacher/student

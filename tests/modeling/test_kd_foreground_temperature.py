@@ -1,4 +1,4 @@
-"""MGD.KD.FOREGROUND_TEMPERATURE (issue 19): declared once, checked (> 0), logged on resume,
+"""MGD.KD.FOREGROUND_TEMPERATURE: declared once, checked (> 0), logged on resume,
 and it reaches the KD and BOX pathways of a built model (and changes their losses)."""
 import pytest
 import torch

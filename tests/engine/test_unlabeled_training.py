@@ -14,7 +14,7 @@ from mgd_det.engine.unlabeled_training import MixedBatchSampler
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.data.preferential_sampler import PreferentialSampler
 from test_resume import LOSS_RTOL, model_state, run
-from test_unlabeled_folder import make_odd_folder
+from _images import make_odd_folder
 
 LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
 POOL = ["DATASETS.TRAIN", "('mini_digits_pool_tiny',)", "MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml"]
