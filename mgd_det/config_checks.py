@@ -12,18 +12,22 @@ starting with its key and saying, where it helps, the fix. The module that *owns
 ``mgd_only=True`` (the default) runs it only for MGD configs
 (``MODEL.META_ARCHITECTURE: MGDDistiller``). The owners so far:
 
-- ``mgd_det.modeling.weighting``: pathways, positions, factors, reducer, norm, loss
-  weighting and DistPro (``MGD.PATHWAYS`` ... ``MGD.DISTPRO.*``);
+- ``mgd_det.modeling.pathway_config``: the pathways and their family options (``MGD.PATHWAYS``,
+  ``POSITIONS``, ``FACTORS``, ``REDUCER``, ``KD.*``, ``STUDENT_NORM``, ``NORM_GROUPS``,
+  ``ALLOW_CHANNEL_SHARING``); ``mgd_det.modeling.weighting``: ``LOSS_WEIGHT``, ``WEIGHTING``
+  and the replayed trajectory; ``mgd_det.modeling.meta_arch``: the student's meta-architecture
+  and ``CHECK_FINITE_PERIOD``;
+- ``mgd_det.engine.distpro``: the meta-step's ``MGD.DISTPRO.*``; ``mgd_det.engine.assignment_hook``:
+  the update schedule ``MGD.UPDATE.*`` (APPLY_DELAY below the periods);
 - ``mgd_det.modeling.teacher``: ``MGD.TEACHER.*`` (and the student's INPUT.FORMAT against the
   teacher's);
 - ``mgd_det.data.datasets`` and ``mgd_det.data.unlabeled_cfg``: ``DATASETS.COCO_SETS`` and
   ``MGD.UNLABELED.*``; ``mgd_det.data.unlabeled``: the image folders
   (``MGD.UNLABELED.FOLDERS``, ``folder:PATH`` names, no unlabeled set in DATASETS.TEST);
-- this module: Detectron2's own keys (solver, class counts, OUTPUT_DIR), the student's
-  meta-architecture and the update schedule (APPLY_DELAY below the periods).
+- this module: Detectron2's own keys (solver, class counts, OUTPUT_DIR).
 
-They register when their package is imported (``import mgd_det.modeling, mgd_det.data``, as
-every entry point does); :func:`validate_mgd_config` refuses to run before that rather than
+They register when their package is imported (``import mgd_det.data, mgd_det.modeling,
+mgd_det.engine``, as every entry point does); :func:`validate_mgd_config` refuses to run before that rather than
 validate half a config. An owner that must check its keys while building (e.g.
 ``pathway_specs_from_cfg``) calls :func:`raise_problems` on the same check, so a bad value
 reads the same wherever it is caught.
@@ -45,7 +49,7 @@ Check = Callable[[Any], Iterable[str]]
 CHECKS: List[Tuple[Check, bool]] = []
 # Packages whose import registers checks here; validating before they are imported would
 # silently skip their keys.
-CHECK_OWNERS = ("mgd_det.data", "mgd_det.modeling")
+CHECK_OWNERS = ("mgd_det.data", "mgd_det.modeling", "mgd_det.engine")
 # id(cfg) -> (weak reference to it, its dump when it passed validation): see validate_once.
 _VALIDATED: Dict[int, Tuple[weakref.ref, str]] = {}
 
@@ -115,51 +119,6 @@ def choice_problems(cfg, key: str, choices: Iterable[str], hint="") -> Iterator[
 
 
 # ---------------------------------------------------------- checks of unowned keys
-@register_config_check
-def check_student(cfg) -> Iterator[str]:
-    arch = cfg.MGD.STUDENT_META_ARCHITECTURE
-    if arch == MGD_META_ARCHITECTURE or not isinstance(arch, str) or not arch:
-        yield (f"MGD.STUDENT_META_ARCHITECTURE must name a plain detector, e.g. 'RetinaNet' or "
-               f"'GeneralizedRCNN' (got {arch!r})")
-        return
-    from detectron2.modeling import META_ARCH_REGISTRY
-
-    if arch not in META_ARCH_REGISTRY:
-        known = sorted(k for k, _ in META_ARCH_REGISTRY if k != MGD_META_ARCHITECTURE)
-        yield f"MGD.STUDENT_META_ARCHITECTURE {arch!r} is not a registered meta-architecture ({', '.join(known)})"
-
-
-@register_config_check
-def check_update_schedule(cfg) -> Iterator[str]:
-    for key in ("MGD.UPDATE.PERIOD", "MGD.UPDATE.SLOW_AFTER", "MGD.UPDATE.SLOW_PERIOD"):
-        yield from number_problems(cfg, key, minimum=0, integer=True, hint=" (0: see mgd_det/config.py)")
-    yield from number_problems(cfg, "MGD.UPDATE.NUM_BATCHES", minimum=0, strict=True, integer=True,
-                               hint=": the assignment needs tracked batches, e.g. 20")
-    yield from number_problems(cfg, "MGD.UPDATE.LOG_PERIOD", minimum=0, integer=True)
-    yield from number_problems(cfg, "MGD.UPDATE.APPLY_DELAY", minimum=0, integer=True)
-    yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
-    yield from apply_delay_problems(cfg)
-
-
-def apply_delay_problems(cfg) -> Iterator[str]:
-    """MGD.UPDATE.APPLY_DELAY < every period the config sets: an update's assignment must be
-    installed before the next update is tracked. A period of one epoch (PERIOD 0) is known
-    only once the data is read; the assignment hook handles it (installs when the next
-    update comes due, and says so)."""
-    update = cfg.MGD.UPDATE
-    delay = update.APPLY_DELAY
-    if not is_number(delay) or delay <= 0:
-        return
-    periods = [("MGD.UPDATE.PERIOD", update.PERIOD)]
-    if is_number(update.SLOW_AFTER) and update.SLOW_AFTER > 0:
-        periods.append(("MGD.UPDATE.SLOW_PERIOD", update.SLOW_PERIOD))
-    for key, period in periods:
-        if is_number(period) and 0 < period <= delay:
-            yield (f"MGD.UPDATE.APPLY_DELAY ({delay}) must be < {key} ({period}): a matching solved at "
-                   "iteration k is installed at k + APPLY_DELAY, before the next one is solved; lower "
-                   f"APPLY_DELAY or raise {key.rsplit('.', 1)[1]}")
-
-
 @register_config_check(mgd_only=False)
 def check_solver(cfg) -> Iterator[str]:
     yield from number_problems(cfg, "SOLVER.IMS_PER_BATCH", minimum=0, strict=True, integer=True)

@@ -87,10 +87,11 @@ def test_checks_are_extensible():
 
 def test_checks_are_registered_by_the_modules_owning_the_keys():
     owners = {check.__module__ for check, _ in CHECKS}
-    assert {"mgd_det.modeling.weighting", "mgd_det.modeling.teacher", "mgd_det.data.datasets",
-            "mgd_det.data.unlabeled_cfg"} <= owners
+    assert {"mgd_det.modeling.pathway_config", "mgd_det.modeling.weighting", "mgd_det.modeling.teacher",
+            "mgd_det.modeling.meta_arch", "mgd_det.data.datasets", "mgd_det.data.unlabeled_cfg",
+            "mgd_det.engine.distpro", "mgd_det.engine.assignment_hook"} <= owners
     # The builders raise through the same checks: the same text wherever a bad value is caught.
-    from mgd_det.modeling.weighting import pathway_specs_from_cfg
+    from mgd_det.modeling.pathway_config import pathway_specs_from_cfg
 
     cfg = cfg_with("MGD.FACTORS", "[1e-7, 1e-7]")
     with pytest.raises(ConfigError) as by_builder:
@@ -135,13 +136,14 @@ def test_trainer_validates_only_a_config_not_validated_yet(tiny_cfg, tmp_path):
 
 
 def test_core_errors_name_the_config_key(tiny_cfg, tmp_path):
-    """The core describes a wider student by its argument; the Detectron2 side names the key."""
+    """The core describes a wider student by its family option; the Detectron2 side names the key
+    its default came from, from the error's fields."""
     from detectron2.modeling import build_model
 
     cfg = tiny_cfg("mgd_retinanet_R50_R18_AMP.yaml", tmp_path, "MODEL.RESNETS.DEPTH", "50",
                    "MODEL.RESNETS.RES2_OUT_CHANNELS", "256",
                    "MGD.TEACHER.CONFIG_FILE", os.path.join(MINI, "retinanet_R18_FPN.yaml"))
-    with pytest.raises(ConfigError, match=r"MGD\.ALLOW_CHANNEL_SHARING True") as info:
+    with pytest.raises(ConfigError, match=r"MGD\.ALLOW_CHANNEL_SHARING must be True, with the SM family") as info:
         build_model(cfg)
     assert info.value.key == "MGD.ALLOW_CHANNEL_SHARING" and "allow_sharing" not in str(info.value)
 

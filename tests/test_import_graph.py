@@ -1,9 +1,11 @@
 """The package's import graph, read from the source (ast; nothing is imported): no import
-circle, and no module importing a higher layer.
+circle, and no module importing a higher layer; and the script folders beside it (``tools``,
+``study``, ``benchmarks``) import the installed packages, never ``tests`` or paths.
 
-Layers, bottom up: the leaves (``errors``, ``atomic_io``, ``cfg_facts``), the Detectron2-free
-core (``matching``), the config (a leaf over the leaves: it declares keys and runs the
-checks that the owners register), ``data`` and ``modeling``, then ``engine``. Imports inside
+Layers, bottom up: the leaves (``errors``, ``atomic_io``, ``cfg_facts``, ``metrics_file``,
+``registry``), the
+Detectron2-free core (``matching``), the config (a leaf over the leaves: it declares keys and
+runs the checks that the owners register), ``data`` and ``modeling``, then ``engine``. Imports inside
 functions count as much as those at the top: a lazy import is still a dependency (the circle
 this test was written against ran through one). ``$MGD_IMPORT_GRAPH_ROOT`` points the test
 at another checkout (e.g. to show it fails on an older layout).
@@ -17,18 +19,18 @@ import pytest
 ROOT = os.environ.get("MGD_IMPORT_GRAPH_ROOT") or os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = "mgd_det"
 
-LEAVES = {"mgd_det.errors", "mgd_det.atomic_io", "mgd_det.cfg_facts"}
+LEAVES = {"mgd_det.errors", "mgd_det.atomic_io", "mgd_det.cfg_facts", "mgd_det.metrics_file", "mgd_det.registry"}
 # What the core may use outside itself: the leaves that know nothing of configs.
-CORE_MAY_IMPORT = {"mgd_det.errors", "mgd_det.atomic_io"}
+CORE_MAY_IMPORT = {"mgd_det.errors", "mgd_det.atomic_io", "mgd_det.registry"}
 CONFIG_MODULES = {"mgd_det.config", "mgd_det.config_checks", "mgd_det.config_paths", "mgd_det.cfg_facts",
                   "mgd_det.device"}
 HIGHER_THAN_CONFIG = ("mgd_det.data", "mgd_det.modeling", "mgd_det.engine")
 
 
-def _module_files(root: str) -> Dict[str, str]:
-    """Dotted module name -> file, for every module of the package under ``root``."""
+def _module_files(root: str, package: str = PACKAGE) -> Dict[str, str]:
+    """Dotted module name -> file, for every module of ``package`` (a folder) under ``root``."""
     files = {}
-    for folder, _, names in os.walk(os.path.join(root, PACKAGE)):
+    for folder, _, names in os.walk(os.path.join(root, package)):
         for name in names:
             if name.endswith(".py"):
                 rel = os.path.relpath(os.path.join(folder, name), root)[: -len(".py")]
@@ -159,8 +161,41 @@ def test_data_and_modeling_import_no_engine(graph):
                        lambda t: _in(t, "mgd_det.engine")) == []
 
 
-def test_package_imports_neither_tools_nor_benchmarks():
-    offenders = sorted(m for m, names in top_level_imports().items() if names & {"tools", "benchmarks"})
+def test_package_imports_neither_tools_nor_the_experiments():
+    offenders = sorted(m for m, names in top_level_imports().items() if names & {"tools", "benchmarks", "study"})
+    assert offenders == []
+
+
+SCRIPT_FOLDERS = ("tools", "study", "benchmarks")
+
+
+def _script_imports(folder: str) -> Dict[str, Set[str]]:
+    """Module of a script folder -> the first component of every name it imports."""
+    return {module: {name.split(".")[0] for name in _imported_names(module, path)}
+            for module, path in _module_files(ROOT, folder).items()}
+
+
+@pytest.mark.parametrize("folder", SCRIPT_FOLDERS)
+def test_scripts_import_nothing_from_tests(folder):
+    offenders = sorted(m for m, names in _script_imports(folder).items() if "tests" in names)
+    assert offenders == []
+
+
+def test_study_and_benchmarks_are_independent():
+    """The accuracy study and the cost measurements share only the package."""
+    assert sorted(m for m, names in _script_imports("study").items() if "benchmarks" in names) == []
+    assert sorted(m for m, names in _script_imports("benchmarks").items() if "study" in names) == []
+
+
+@pytest.mark.parametrize("folder", SCRIPT_FOLDERS)
+def test_scripts_do_not_edit_sys_path(folder):
+    """They import ``study`` and ``benchmarks`` as installed packages (pyproject.toml)."""
+    offenders = []
+    for module, path in _module_files(ROOT, folder).items():
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        if "sys.path.insert" in text or "sys.path.append" in text:
+            offenders.append(module)
     assert offenders == []
 
 

@@ -17,7 +17,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, Iterator, List, Optional
 
 import numpy as np
 import torch
@@ -28,6 +28,7 @@ from detectron2.utils.events import get_event_storage
 from torch.nn.parallel import DistributedDataParallel
 
 from mgd_det.cfg_facts import config_seed, per_rank_batch_size
+from mgd_det.config_checks import is_number, number_problems, register_config_check
 from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 from mgd_det.ground_truth import is_unlabeled
@@ -290,3 +291,34 @@ class MGDAssignmentHook(HookBase):
             "MGD assignment update %d (tracked at iteration %d, installed at %d; tracking %.1fs, solve %.2fs): %s",
             self.num_updates, tracked_at, at_iter, track_seconds, solve_seconds, summary,
         )
+
+
+# ------------------------------------------------------------------------ checks
+@register_config_check
+def check_update_schedule(cfg) -> Iterator[str]:
+    for key in ("MGD.UPDATE.PERIOD", "MGD.UPDATE.SLOW_AFTER", "MGD.UPDATE.SLOW_PERIOD"):
+        yield from number_problems(cfg, key, minimum=0, integer=True, hint=" (0: see mgd_det/config.py)")
+    yield from number_problems(cfg, "MGD.UPDATE.NUM_BATCHES", minimum=0, strict=True, integer=True,
+                               hint=": the assignment needs tracked batches, e.g. 20")
+    yield from number_problems(cfg, "MGD.UPDATE.LOG_PERIOD", minimum=0, integer=True)
+    yield from number_problems(cfg, "MGD.UPDATE.APPLY_DELAY", minimum=0, integer=True)
+    yield from apply_delay_problems(cfg)
+
+
+def apply_delay_problems(cfg) -> Iterator[str]:
+    """MGD.UPDATE.APPLY_DELAY < every period the config sets: an update's assignment must be
+    installed before the next update is tracked. A period of one epoch (PERIOD 0) is known
+    only once the data is read; the assignment hook handles it (installs when the next
+    update comes due, and says so)."""
+    update = cfg.MGD.UPDATE
+    delay = update.APPLY_DELAY
+    if not is_number(delay) or delay <= 0:
+        return
+    periods = [("MGD.UPDATE.PERIOD", update.PERIOD)]
+    if is_number(update.SLOW_AFTER) and update.SLOW_AFTER > 0:
+        periods.append(("MGD.UPDATE.SLOW_PERIOD", update.SLOW_PERIOD))
+    for key, period in periods:
+        if is_number(period) and 0 < period <= delay:
+            yield (f"MGD.UPDATE.APPLY_DELAY ({delay}) must be < {key} ({period}): a matching solved at "
+                   "iteration k is installed at k + APPLY_DELAY, before the next one is solved; lower "
+                   f"APPLY_DELAY or raise {key.rsplit('.', 1)[1]}")

@@ -63,10 +63,13 @@ from detectron2.utils import comm
 from detectron2.utils.events import CommonMetricPrinter, EventStorage, get_event_storage
 
 from mgd_det.cfg_facts import config_seed, is_mgd
+from mgd_det.config_checks import choice_problems, is_number, number_problems, register_config_check
 from mgd_det.engine.batch_observer import BatchObserver
 from mgd_det.engine.heldout import HeldOutBatches, split_heldout
 from mgd_det.engine.train_data import TrainData
 from mgd_det.errors import CheckpointError, ConfigError
+from mgd_det.matching.distpro.meta_step import MODES as HYPERGRADIENT_MODES
+from mgd_det.modeling.pathway_config import pathway_names
 from mgd_det.matching.distpro import (
     AttributeSnapshot,
     GradientClipping,
@@ -373,3 +376,43 @@ class ReplayHook(HookBase):
             storage = self.trainer.storage
             for name, weight in zip(self.weighting.names, self.weighting.weight_vector().tolist()):
                 storage.put_scalar(f"{SCALAR_PREFIX}weight_{name}", weight, smoothing_hint=False)
+
+
+# ------------------------------------------------------------------------ checks
+@register_config_check
+def check_distpro_numbers(cfg) -> Iterator[str]:
+    yield from number_problems(cfg, "MGD.DISTPRO.PERIOD", minimum=0, strict=True, integer=True,
+                               hint=": iterations between DistPro meta-steps, e.g. 10")
+    yield from number_problems(cfg, "MGD.DISTPRO.LR", minimum=0, strict=True, hint=", e.g. 0.05")
+    yield from number_problems(cfg, "MGD.DISTPRO.VIRTUAL_LR", minimum=0, hint=" (0: the student's LR)")
+    yield from number_problems(cfg, "MGD.DISTPRO.FD_RADIUS", minimum=0, strict=True, hint=", e.g. 1e-4")
+    fraction = cfg.MGD.DISTPRO.HELDOUT_FRACTION
+    if not is_number(fraction) or not 0 < fraction < 1:
+        what = ("holds out no image" if is_number(fraction) and fraction <= 0 else
+                "holds out the whole training set, leaving nothing to train on" if is_number(fraction) else
+                "is not a number")
+        yield (f"MGD.DISTPRO.HELDOUT_FRACTION must be > 0 and < 1 (got {fraction!r}, which {what}): "
+               "the share of the training set DistPro holds out, e.g. 0.05")
+
+
+@register_config_check
+def check_distpro_hypergradient(cfg) -> Iterator[str]:
+    yield from choice_problems(cfg, "MGD.DISTPRO.HYPERGRADIENT", HYPERGRADIENT_MODES)
+
+
+@register_config_check
+def check_distpro_learned(cfg) -> Iterator[str]:
+    if cfg.MGD.WEIGHTING != "learned":
+        return
+    names = pathway_names(cfg)
+    if names is not None and len(names) < 2:
+        yield (f"MGD.WEIGHTING 'learned' needs at least 2 pathways to weigh against each other (got "
+               f"{names}): add positions to MGD.POSITIONS (or entries to MGD.PATHWAYS), or use "
+               "MGD.WEIGHTING 'constant'")
+    if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+        yield (f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} cannot be used with MGD.WEIGHTING "
+               "'learned': DistPro cuts its held-out split from the TrainingSampler's data set; set "
+               "DATALOADER.SAMPLER_TRAIN 'TrainingSampler'")
+    if is_number(cfg.MGD.LOSS_WEIGHT) and cfg.MGD.LOSS_WEIGHT == 0:
+        yield ("MGD.LOSS_WEIGHT 0 switches distillation off, so there is nothing for MGD.WEIGHTING 'learned' "
+               "to weigh: set MGD.LOSS_WEIGHT > 0, or MGD.WEIGHTING 'constant'")

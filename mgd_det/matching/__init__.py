@@ -8,19 +8,15 @@ together. Usable for any pair of torch models; importing it never imports Detect
 
 from .assignment import default_assignment, group_size, matched_cost, solve_assignment
 from .cost import ChannelCostTracker
-from .distiller import MatchingDistiller, PathwayDistiller, PositionSpec, mgd_pathway_specs
-from .kd import KD_KINDS, hinton_kd_loss
+from .distiller import PathwayDistiller, mgd_pathway_specs
 from .loss import partial_l2_loss
 from .margins import gaussian_negative_mean, margin_from_norm
 from .matcher import ChannelMatcher, matcher_key
 from .outputs import Canvas, NetOutputs, TeacherOutput, crop_to_student
-from .families import BuildContext, family_names, register_family
-from .pathways import (
-    STUDENT_NORMS,
-    Pathway,
-    PathwaySpec,
-    parse_pathway,
-)
+from .families import BuildContext, family_names, parse_pathway, register_family
+from .families.mgd import STUDENT_NORMS
+from .options import Option, OptionError
+from .pathways import Pathway, PathwaySpec
 from .reducers import REDUCERS, reduce_teacher
 from .weighting import ConstantWeighting, LossWeighting
 
@@ -30,14 +26,13 @@ __all__ = [
     "ChannelCostTracker",
     "ChannelMatcher",
     "ConstantWeighting",
-    "KD_KINDS",
     "LossWeighting",
-    "MatchingDistiller",
     "NetOutputs",
+    "Option",
+    "OptionError",
     "Pathway",
     "PathwayDistiller",
     "PathwaySpec",
-    "PositionSpec",
     "REDUCERS",
     "STUDENT_NORMS",
     "TeacherOutput",
@@ -46,7 +41,6 @@ __all__ = [
     "family_names",
     "gaussian_negative_mean",
     "group_size",
-    "hinton_kd_loss",
     "margin_from_norm",
     "matched_cost",
     "matcher_key",

@@ -15,112 +15,45 @@ the device.
 from __future__ import annotations
 
 import logging
-import math
-from dataclasses import dataclass
-from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
 
 from ._checks import repeated
-from .assignment import group_size, solve_assignment
+from .assignment import solve_assignment
 from .background_solve import SolveJob
-from .matcher import ChannelMatcher, matcher_key
+from .families import BuildContext, build_pathway, reads_head
+from .matcher import ChannelMatcher
 from .outputs import NetOutputs, TeacherOutput
-from .families import BuildContext, build_pathway, reads_head, register_family
-from .kd import FOCAL_GAMMA, FOREGROUND_TEMPERATURE, check_focal_gamma
-from .pathways import (
-    MatchedFeaturePathway,
-    OutputBoxPathway,
-    OutputKDPathway,
-    Pathway,
-    PathwaySpec,
-    StandardizedFeaturePathway,
-    student_norm,
-)
-from .reducers import REDUCERS
+from .pathways import PathwaySpec
 from .weighting import ConstantWeighting, LossWeighting
 from ..errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 
-# ---------------------------------------------------------------------------- built-in families
-# Registration order is the order error messages list the families in.
-def _feature_channels(spec: PathwaySpec, ctx: BuildContext) -> Tuple[int, int]:
-    if spec.position not in ctx.channels:
-        raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
-    return ctx.channels[spec.position]
-
-
-def _build_matched(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
-    """SM / RD / AMP / SP: one matcher per (position, group size), shared by its pathways."""
-    cs, ct = _feature_channels(spec, ctx)
-    where = f"pathway {spec.name!r} (position {spec.position!r})"
-    sparse = spec.family == "SM"
-    if cs > ct and not (sparse and ctx.allow_sharing):
-        raise ConfigError(
-            f"{where}: the student has more channels ({cs}) than the teacher ({ct}); only "
-            "the SM family with channel sharing (allow_sharing True) supports that"
-        )
-    key = matcher_key(spec.position, group_size(cs, ct, sparse, ctx.allow_sharing))
-    if key not in ctx.matchers:
-        ctx.matchers[key] = ChannelMatcher(spec.position, cs, ct, sparse, ctx.allow_sharing)
-    return MatchedFeaturePathway(spec, ctx.matchers[key], student_norm(ctx.student_norm, cs, ctx.num_groups, where))
-
-
-for _reducer in REDUCERS:
-    register_family(_reducer)(_build_matched)
-
-
-@register_family("PKD")
-def _build_pkd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
-    return StandardizedFeaturePathway(spec, *_feature_channels(spec, ctx))
-
-
-@register_family("KD", reads_head=True)
-def _build_kd(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
-    return OutputKDPathway(spec, ctx.kd_temperature, ctx.kd_fg_temperature, ctx.kd_focal_gamma)
-
-
-@register_family("BOX", reads_head=True)
-def _build_box(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
-    if ctx.num_classes <= 0:
-        raise ConfigError(f"pathway {spec.name!r}: the BOX family needs the head's number of classes")
-    return OutputBoxPathway(spec, ctx.num_classes, fg_temperature=ctx.kd_fg_temperature)
-
-
 class PathwayDistiller(nn.Module):
     """Distillation losses of all pathways, weighted by one :class:`LossWeighting`.
 
     Args:
-        specs: the pathways (unique names).
+        specs: the pathways (unique names); each may set options of its family.
         channels: ``{position: (student channels, teacher channels)}`` for every position a
             pathway reads.
-        student_norm: norm on student features in matched pathways: "BN", "SyncBN", "GN", "none".
-        num_groups: groups for "GN" (min(num_groups, Cs), must divide Cs).
-        allow_sharing: allow Cs > Ct with the SM family (teacher channels shared).
         weighting: the loss weighting; default: constant, each pathway's ``factor``.
-        kd_temperature: temperature of the KD family.
-        kd_fg_temperature: foreground temperature of the KD and BOX families (the weight of an
-            anchor is sigmoid(teacher logit / kd_fg_temperature); see :mod:`.kd`).
-        kd_focal_gamma: focal exponent of the KD family (each element's KL is weighted by
-            |p_s - p_t|^kd_focal_gamma; 0: the plain KL; see :mod:`.kd`).
         num_classes: classes of the dense head (the BOX family reads per-class logits).
+        option_defaults: defaults of family options by option name, under the options a spec
+            sets (e.g. ``{"student_norm": "GN", "temperature": 2.0}``); each family reads the
+            ones it declares, its own defaults fill the rest (:mod:`.families`).
     """
 
     def __init__(
         self,
         specs: Sequence[PathwaySpec],
         channels: Mapping[str, Tuple[int, int]],
-        student_norm: str = "BN",
-        num_groups: int = 32,
-        allow_sharing: bool = False,
         weighting: Optional[LossWeighting] = None,
-        kd_temperature: float = 1.0,
         num_classes: int = 0,
-        kd_fg_temperature: float = FOREGROUND_TEMPERATURE,
-        kd_focal_gamma: float = FOCAL_GAMMA,
+        option_defaults: Optional[Mapping[str, Any]] = None,
     ):
         super().__init__()
         specs = list(specs)
@@ -133,14 +66,7 @@ class PathwayDistiller(nn.Module):
         self.specs = specs
         self.matchers = nn.ModuleDict()
         self.pathways = nn.ModuleDict()
-        if not kd_fg_temperature > 0:
-            raise ConfigError(f"kd_fg_temperature must be positive; got {kd_fg_temperature}")
-        try:
-            check_focal_gamma(kd_focal_gamma)
-        except ValueError as err:
-            raise ConfigError(f"kd_focal_gamma: {err}") from err
-        context = BuildContext(channels, student_norm, num_groups, allow_sharing, kd_temperature, num_classes,
-                               self.matchers, kd_fg_temperature, kd_focal_gamma)
+        context = BuildContext(channels, num_classes, self.matchers, dict(option_defaults or {}))
         for spec in specs:
             self.pathways[spec.name] = build_pathway(spec, context)
         self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})
@@ -251,54 +177,6 @@ class PathwayDistiller(nn.Module):
         return stats
 
 
-@dataclass
-class PositionSpec:
-    """One MGD position of the common case: a name and the channel counts on each side."""
-
-    name: str
-    student_channels: int
-    teacher_channels: int
-    factor: float = 1.0
-
-    def __post_init__(self):
-        if not self.name or not self.name.isidentifier():
-            raise ConfigError(f"position name {self.name!r} must be a non-empty identifier (it names buffers)")
-        if self.student_channels <= 0 or self.teacher_channels <= 0:
-            raise ConfigError(f"position {self.name!r}: channel counts must be positive")
-        if not math.isfinite(self.factor):
-            raise ConfigError(f"position {self.name!r}: factor must be finite; got {self.factor}")
-
-
 def mgd_pathway_specs(positions: Sequence[Tuple[str, float]], reducer: str) -> List[PathwaySpec]:
     """The common case: one MGD pathway per position, named ``mgd_<position>``."""
     return [PathwaySpec(reducer, name, factor, name=f"mgd_{name}") for name, factor in positions]
-
-
-class MatchingDistiller(PathwayDistiller):
-    """MGD over several positions with one reducer: the common case, in one call.
-
-    Losses are ``loss_mgd_<position>``; each is ``factor * partial L2 / batch size``.
-    """
-
-    def __init__(
-        self,
-        positions: Sequence[PositionSpec],
-        reducer: str = "AMP",
-        student_norm: str = "BN",
-        num_groups: int = 32,
-        allow_sharing: bool = False,
-        weighting: Optional[LossWeighting] = None,
-    ):
-        if not positions:
-            raise ConfigError("MatchingDistiller needs at least one position")
-        names = [p.name for p in positions]
-        if repeated(names):
-            raise ConfigError(f"position names must be unique; got {names}")
-        super().__init__(
-            mgd_pathway_specs([(p.name, p.factor) for p in positions], reducer),
-            {p.name: (p.student_channels, p.teacher_channels) for p in positions},
-            student_norm=student_norm,
-            num_groups=num_groups,
-            allow_sharing=allow_sharing,
-            weighting=weighting,
-        )

@@ -21,7 +21,7 @@ anchors, inference, weights: its state_dict is the same) and replaces its traini
   the device and written once per ``metric_period`` iterations (one host read per period).
 * ``forward``: the images and boxes go to the device with non-blocking copies.
 
-The losses equal Detectron2's to float rounding (``tests/test_batched_retinanet.py``). The IoU
+The losses equal Detectron2's to float rounding (``tests/modeling/test_batched_retinanet.py``). The IoU
 tensor is ``N x G x R``: fine for the bundled 128² recipe, large for COCO-sized images with many
 boxes. Under DDP the EMA buffer is broadcast from rank 0 with the other buffers at each forward,
 so every rank continues rank 0's EMA (Detectron2 keeps one Python float per rank).

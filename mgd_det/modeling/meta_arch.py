@@ -1,7 +1,7 @@
 """The MGD meta-architecture: a frozen teacher distils a trainable student through features."""
 import logging
 import math
-from typing import Dict, List, Optional
+from typing import Dict, Iterator, List, Optional
 
 import torch
 from detectron2.config import CfgNode
@@ -11,6 +11,7 @@ from detectron2.utils.events import get_event_storage
 from torch import nn
 
 from mgd_det.cfg_facts import MGD_META_ARCHITECTURE
+from mgd_det.config_checks import number_problems, register_config_check
 from mgd_det.errors import ConfigError
 from mgd_det.matching.families import reads_head
 from mgd_det.matching.margins import margin_from_norm
@@ -19,7 +20,8 @@ from mgd_det.modeling.feature_taps import FeatureTaps
 from mgd_det.modeling.student_pass import run_student
 from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
 from mgd_det.modeling.uploads import upload_inputs
-from mgd_det.modeling.weighting import build_pathway_distiller, pathway_specs_from_cfg
+from mgd_det.modeling.pathway_config import build_pathway_distiller, pathway_specs_from_cfg
+from mgd_det.modeling.weighting import build_loss_weighting
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +98,7 @@ class MGDDistiller(nn.Module):
             self._check_heads_compatible()
         self.distiller = build_pathway_distiller(  # the MGD.* keys; errors name them
             cfg, specs, {p: (self.student_taps.channels(p), self.teacher_taps.channels(p)) for p in positions},
-            num_classes=getattr(self.student, "num_classes", 0),
+            num_classes=getattr(self.student, "num_classes", 0), weighting=build_loss_weighting(cfg, specs),
         ).to(self.student.device)
         # What the teacher runs each step: its ResNet alone unless an FPN position or a head
         # pathway reads more. Unregistered, like the teacher itself.
@@ -270,3 +272,17 @@ class MGDDistiller(nn.Module):
         with self.student_taps.capture() as student_feats:
             self.student.backbone(images.tensor)
         self.distiller.track(student_feats, teacher_out.features_for(student_feats))
+
+
+@register_config_check
+def check_student(cfg) -> Iterator[str]:
+    """MGD.STUDENT_META_ARCHITECTURE (built by build_student) and MGD.CHECK_FINITE_PERIOD."""
+    yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
+    arch = cfg.MGD.STUDENT_META_ARCHITECTURE
+    if arch == MGD_META_ARCHITECTURE or not isinstance(arch, str) or not arch:
+        yield (f"MGD.STUDENT_META_ARCHITECTURE must name a plain detector, e.g. 'RetinaNet' or "
+               f"'GeneralizedRCNN' (got {arch!r})")
+        return
+    if arch not in META_ARCH_REGISTRY:
+        known = sorted(k for k, _ in META_ARCH_REGISTRY if k != MGD_META_ARCHITECTURE)
+        yield f"MGD.STUDENT_META_ARCHITECTURE {arch!r} is not a registered meta-architecture ({', '.join(known)})"

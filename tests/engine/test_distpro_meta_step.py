@@ -12,7 +12,8 @@ from detectron2.engine import HookBase
 from benchmarks.distpro_radius import batches, errors, hypergradients, tiny_detector
 from mgd_det.errors import ConfigError
 from mgd_det.matching.distpro import ReplayWeighting, Trajectory, save_trajectory
-from mgd_det.modeling.weighting import build_loss_weighting, pathway_specs_from_cfg
+from mgd_det.modeling.pathway_config import pathway_specs_from_cfg
+from mgd_det.modeling.weighting import build_loss_weighting
 from test_distpro_trainer import CONFIG, NAMES, OPTS, distpro_hook, train
 
 # The bundled config's factors (configs/mini_digits/mgd_retinanet_R50_R18_distpro.yaml).

@@ -11,7 +11,7 @@ from mgd_det.engine.distpro import exclude_weighting_params, meta_step_scope
 from mgd_det.engine.heldout import HeldOutBatches, split_heldout
 from mgd_det.errors import ConfigError
 from mgd_det.matching.pathways import PathwaySpec
-from mgd_det.modeling.weighting import LOSS_WEIGHTING_REGISTRY
+from mgd_det.modeling.weighting import LOSS_WEIGHTINGS
 
 CONFIG = "mgd_retinanet_R50_R18_distpro.yaml"
 
@@ -80,8 +80,8 @@ def test_heldout_batches_keep_annotations_and_leave_the_global_rngs_alone(tiny_c
 def test_learned_builder_starts_from_the_constant_weights(tiny_cfg, tmp_path):
     cfg = tiny_cfg(CONFIG, tmp_path, "MGD.LOSS_WEIGHT", "2.0", freeze=False)
     specs = [PathwaySpec("AMP", "res3", 1e-7), PathwaySpec("SM", "res4", 3e-6), PathwaySpec("KD", None, 0.5)]
-    constant = LOSS_WEIGHTING_REGISTRY.get("constant")(cfg, specs)
-    learned = LOSS_WEIGHTING_REGISTRY.get("learned")(cfg, specs)
+    constant = LOSS_WEIGHTINGS.get("constant")(cfg, specs)
+    learned = LOSS_WEIGHTINGS.get("learned")(cfg, specs)
     assert learned.names == constant.names
     torch.testing.assert_close(learned.reference, constant.values, rtol=0, atol=0)  # factor x LOSS_WEIGHT
     torch.testing.assert_close(learned.weight_vector(), constant.values * 3 / 4)  # n / (n + 1) at start

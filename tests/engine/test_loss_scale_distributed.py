@@ -23,7 +23,7 @@ class TinyStudent(nn.Module):
         self.c3 = nn.Conv2d(2, 3, 3, padding=1)
         self.c4 = nn.Conv2d(3, 3, 3, padding=1)
         self.cls = nn.Conv2d(3, 4, 1)
-        self.distiller = PathwayDistiller(SPECS, CHANNELS, student_norm="GN", num_groups=1)
+        self.distiller = PathwayDistiller(SPECS, CHANNELS, option_defaults={"student_norm": "GN", "norm_groups": 1})
 
     def forward(self, images, teacher: TeacherOutput):
         c3 = self.c3(images)

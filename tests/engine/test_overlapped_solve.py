@@ -4,7 +4,7 @@ import pytest
 import torch
 from detectron2.engine import HookBase
 
-from mgd_det.matching import MatchingDistiller, PositionSpec
+from _mgd import Position, mgd_distiller
 from mgd_det.matching.background_solve import BackgroundSolver, solve_jobs
 from test_resume import LOSS_RTOL, model_state, run
 
@@ -15,7 +15,7 @@ CONFIG = "mgd_retinanet_R50_R18_AMP.yaml"
 
 def test_background_solve_equals_synchronous_solve():
     gen = torch.Generator().manual_seed(0)
-    d = MatchingDistiller([PositionSpec("c2", 4, 8), PositionSpec("c3", 3, 3)])
+    d = mgd_distiller([Position("c2", 4, 8), Position("c3", 3, 3)])
     d.start_tracking()
     d.track({"c2": torch.randn(2, 4, 5, 5, generator=gen), "c3": torch.randn(2, 3, 5, 5, generator=gen)},
             {"c2": torch.randn(2, 8, 5, 5, generator=gen), "c3": torch.randn(2, 3, 5, 5, generator=gen)})

@@ -14,9 +14,11 @@ from mgd_det.config_checks import validate_mgd_config
 from mgd_det.engine.resume_settings import LOGGED, RESUME_SETTINGS
 from mgd_det.errors import ConfigError
 from mgd_det.matching import NetOutputs, PathwaySpec, TeacherOutput
-from mgd_det.matching.kd import FOCAL_GAMMA, bernoulli_kl, dense_kd_loss, foreground_weight
-from mgd_det.matching.pathways import OutputBoxPathway, OutputKDPathway
-from mgd_det.modeling.weighting import build_pathway_distiller
+from mgd_det.matching import PathwayDistiller
+from mgd_det.matching.families.box import OutputBoxPathway
+from mgd_det.matching.families.kd import FOCAL_GAMMA, OutputKDPathway, bernoulli_kl, dense_kd_loss
+from mgd_det.matching.foreground import foreground_weight
+from mgd_det.modeling.pathway_config import build_pathway_distiller
 
 CLASSES = 4
 LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
@@ -71,8 +73,8 @@ def test_box_weight_sits_on_teacher_foreground_anchors():
     share = float(grad[:6].sum() / grad.sum())
     # 6 anchors at p 0.8 among 3,000 at 0.05-0.3: the teacher-probability weighting gave them ~1 %
     assert share > 0.8, share
-    with pytest.raises(Exception, match="positive"):
-        OutputBoxPathway(PathwaySpec("BOX"), num_classes=CLASSES, fg_temperature=0.0)
+    with pytest.raises(ConfigError, match="option fg_temperature=0.0 must be a number > 0"):
+        PathwayDistiller([PathwaySpec("BOX", options={"fg_temperature": 0.0})], {}, num_classes=CLASSES)
 
 
 # ---------------------------------------------------------------- focal weight (MGD.KD.FOCAL_GAMMA)
@@ -155,12 +157,12 @@ def test_gradient_is_zero_at_a_match_and_follows_the_mismatch(gamma):
 
 
 @pytest.mark.parametrize("gamma", [-0.5, float("nan"), float("inf")])
-def test_dense_kd_refuses_a_bad_gamma(gamma):
-    t = torch.zeros(1, 4, 2, 2)
-    with pytest.raises(ValueError, match="focal gamma must be a finite number >= 0"):
-        dense_kd_loss([t], [t], 1.0, focal_gamma=gamma)
-    with pytest.raises(ConfigError, match="focal gamma"):
-        OutputKDPathway(PathwaySpec("KD"), temperature=1.0, focal_gamma=gamma)
+def test_the_kd_family_refuses_a_bad_gamma_when_built(gamma):
+    for spec, defaults in ((PathwaySpec("KD", options={"focal_gamma": gamma}), {}),
+                           (PathwaySpec("KD"), {"focal_gamma": gamma})):
+        with pytest.raises(ConfigError, match="option focal_gamma=.* must be a number >= 0") as info:
+            PathwayDistiller([spec], {}, num_classes=CLASSES, option_defaults=defaults)
+        assert info.value.option == "focal_gamma" and info.value.from_default == bool(defaults)
 
 
 def test_negative_focal_gamma_is_named_at_config_check():
@@ -176,7 +178,7 @@ def test_negative_focal_gamma_is_named_at_config_check():
 
 def test_the_core_distiller_error_names_the_key():
     cfg = setup_cfg(f"{MINI}/{LABEL_FREE}", ["MODEL.DEVICE", "cpu", "MGD.KD.FOCAL_GAMMA", "-1.0"])
-    with pytest.raises(ConfigError, match=r"MGD\.KD\.FOCAL_GAMMA: focal gamma must be a finite number >= 0") as info:
+    with pytest.raises(ConfigError, match=r"MGD\.KD\.FOCAL_GAMMA must be a number >= 0 \(got -1.0\)") as info:
         build_pathway_distiller(cfg, [PathwaySpec("KD")], {}, num_classes=FPN_CLASSES)
     assert info.value.key == "MGD.KD.FOCAL_GAMMA"
 

@@ -1,4 +1,4 @@
-"""MatchingDistiller (the MGD common case of PathwayDistiller): loss, checkpointing,
+"""PathwayDistiller in the MGD common case (one reducer over several positions): loss, checkpointing,
 assignment updates, no host sync, bad input."""
 
 import os
@@ -7,11 +7,10 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
+from _mgd import Position, mgd_distiller
 from mgd_det.matching import (
     ConstantWeighting,
-    MatchingDistiller,
     NetOutputs,
-    PositionSpec,
     TeacherOutput,
     partial_l2_loss,
     reduce_teacher,
@@ -23,7 +22,7 @@ def run(distiller, student, teacher):
     """The distiller's losses for feature dicts (no head outputs)."""
     return distiller(NetOutputs(student), TeacherOutput(teacher))
 
-POSITIONS = [PositionSpec("c2", 4, 8, factor=2.0), PositionSpec("c3", 3, 7)]
+POSITIONS = [Position("c2", 4, 8, factor=2.0), Position("c3", 3, 7)]
 
 
 def feats(batch=2, size=4, seed=0, requires_grad=False):
@@ -45,7 +44,7 @@ def margins():
 
 
 def test_buffers_and_defaults():
-    d = MatchingDistiller(POSITIONS)
+    d = mgd_distiller(POSITIONS)
     assert not bool(d.assigned)
     assert tuple(d.assignment("c2").shape) == (4, 2) and tuple(d.assignment("c3").shape) == (3, 2)
     assert list(d.matchers) == ["c2_g2", "c3_g2"] and d.pathway_names == ("mgd_c2", "mgd_c3")
@@ -66,7 +65,7 @@ def test_buffers_and_defaults():
 @pytest.mark.parametrize("reducer", ["AMP", "SP", "SM"])
 @pytest.mark.parametrize("norm", ["BN", "GN", "none"])
 def test_loss_equals_manual_composition(reducer, norm):
-    d = MatchingDistiller(POSITIONS, reducer=reducer, student_norm=norm)
+    d = mgd_distiller(POSITIONS, reducer=reducer, student_norm=norm)
     if norm == "GN":  # min(32, C) groups
         assert d.pathways["mgd_c2"].norm.num_groups == 4 and d.pathways["mgd_c3"].norm.num_groups == 3
     given = margins()
@@ -83,18 +82,18 @@ def test_loss_equals_manual_composition(reducer, norm):
 
 def test_weighting_scales_losses():
     student, teacher = feats()
-    plain = run(MatchingDistiller(POSITIONS), student, teacher)  # factors 2.0 and 1.0
-    weighted = MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 0.5, "mgd_c3": 3.0}))
+    plain = run(mgd_distiller(POSITIONS), student, teacher)  # factors 2.0 and 1.0
+    weighted = mgd_distiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 0.5, "mgd_c3": 3.0}))
     got = run(weighted, student, teacher)
     # The weighting is the only scale: it replaces the factors, it does not multiply them.
     assert torch.allclose(got["loss_mgd_c2"], 0.25 * plain["loss_mgd_c2"])
     assert torch.allclose(got["loss_mgd_c3"], 3.0 * plain["loss_mgd_c3"])
     with pytest.raises(ValueError, match=r"no weight for pathways \['mgd_c3'\]"):
-        MatchingDistiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 1.0}))
+        mgd_distiller(POSITIONS, weighting=ConstantWeighting({"mgd_c2": 1.0}))
 
 
 def test_gradient_reaches_student_only():
-    d = MatchingDistiller(POSITIONS, reducer="RD")
+    d = mgd_distiller(POSITIONS, reducer="RD")
     d.set_margins(margins())
     student, teacher = feats(requires_grad=True)
     sum(run(d, student, teacher).values()).backward()
@@ -106,7 +105,7 @@ def test_gradient_reaches_student_only():
 @pytest.mark.parametrize("reducer", ["AMP", "RD", "SP", "SM"])
 @pytest.mark.parametrize("norm", ["BN", "GN", "SyncBN"])
 def test_forward_backward_without_host_sync(reducer, norm):
-    d = MatchingDistiller(
+    d = mgd_distiller(
         POSITIONS,
         reducer=reducer,
         student_norm=norm,
@@ -144,7 +143,7 @@ def test_sync_guard_is_effective():
 
 
 def test_state_dict_round_trip_reproduces_loss():
-    d = MatchingDistiller(POSITIONS, reducer="AMP", student_norm="BN")
+    d = mgd_distiller(POSITIONS, reducer="AMP", student_norm="BN")
     d.set_margins(margins())
     student, teacher = feats()
     d.start_tracking()
@@ -153,7 +152,7 @@ def test_state_dict_round_trip_reproduces_loss():
     run(d, student, teacher)  # move BN running statistics away from their defaults
     with torch.no_grad():
         d.pathways["mgd_c2"].norm.weight.uniform_(0.5, 2.0)
-    fresh = MatchingDistiller(POSITIONS, reducer="AMP", student_norm="BN")
+    fresh = mgd_distiller(POSITIONS, reducer="AMP", student_norm="BN")
     fresh.load_state_dict(d.state_dict())
     d.eval()
     fresh.eval()
@@ -178,7 +177,7 @@ def planted(seed=0):
 
 def test_finish_tracking_recovers_planted_assignment():
     student, teacher, expected = planted()
-    d = MatchingDistiller([PositionSpec("c2", 4, 8)])
+    d = mgd_distiller([Position("c2", 4, 8)])
     d.start_tracking()
     d.track({"c2": student[:2]}, {"c2": teacher[:2]})
     d.track({"c2": student[2:]}, {"c2": teacher[2:]})
@@ -196,7 +195,7 @@ def test_finish_tracking_recovers_planted_assignment():
 
 
 def test_sparse_sharing_distiller():
-    d = MatchingDistiller([PositionSpec("p", 5, 3)], reducer="SM", allow_sharing=True)
+    d = mgd_distiller([Position("p", 5, 3)], reducer="SM", allow_sharing=True)
     gen = torch.Generator().manual_seed(1)
     s, t = torch.randn(2, 5, 3, 3, generator=gen), torch.randn(2, 3, 3, 3, generator=gen)
     d.start_tracking()
@@ -216,31 +215,31 @@ def test_sparse_sharing_distiller():
         (dict(reducer="MAX"), "SM, RD, AMP, SP"),
         (dict(student_norm="LN"), "BN, SyncBN, GN, none"),
         (
-            dict(positions=[PositionSpec("c5", 8, 4)]),
-            "more channels .* SM family with channel sharing",
+            dict(positions=[Position("c5", 8, 4)]),
+            "student is wider than the teacher .8 vs 4 channels.: only SM",
         ),
-        (dict(positions=[PositionSpec("c5", 8, 4)], allow_sharing=True), "SM family"),
+        (dict(positions=[Position("c5", 8, 4)], allow_sharing=True), "SM family"),
         (
-            dict(positions=[PositionSpec("c5", 6, 12)], student_norm="GN", num_groups=4),
+            dict(positions=[Position("c5", 6, 12)], student_norm="GN", norm_groups=4),
             "does not divide 6",
         ),
-        (dict(positions=[]), "at least one position"),
-        (dict(positions=[PositionSpec("c2", 1, 2), PositionSpec("c2", 1, 2)]), "unique"),
+        (dict(positions=[]), "at least one pathway"),
+        (dict(positions=[Position("c2", 1, 2), Position("c2", 1, 2)]), "unique"),
     ],
 )
 def test_bad_construction(kwargs, match):
     kwargs.setdefault("positions", POSITIONS)
     with pytest.raises(ValueError, match=match):
-        MatchingDistiller(**kwargs)
+        mgd_distiller(**kwargs)
 
 
-def test_bad_position_spec():
+def test_bad_position_name():
     with pytest.raises(ValueError, match="identifier"):
-        PositionSpec("res.2", 4, 8)
+        mgd_distiller([Position("res.2", 4, 8)])
 
 
 def test_bad_inputs():
-    d = MatchingDistiller(POSITIONS)
+    d = mgd_distiller(POSITIONS)
     student, teacher = feats()
     with pytest.raises(ValueError, match=r"student features lack position\(s\) \['c3'\]"):
         run(d, {"c2": student["c2"]}, teacher)
@@ -259,7 +258,7 @@ def test_bad_inputs():
 
 
 def test_non_finite_features_and_margins():
-    d = MatchingDistiller(POSITIONS)
+    d = mgd_distiller(POSITIONS)
     student, teacher = feats()
     teacher["c3"][0, 0, 0, 0] = float("inf")
     d.start_tracking()
@@ -277,7 +276,7 @@ def _distributed_worker(rank, world, init_file, out_dir):
     )
     try:
         student, teacher, _ = planted()
-        d = MatchingDistiller([PositionSpec("c2", 4, 8)])
+        d = mgd_distiller([Position("c2", 4, 8)])
         d.start_tracking()
         d.track(
             {"c2": student[rank::world]}, {"c2": teacher[rank::world]}
@@ -297,7 +296,7 @@ def test_distributed_all_reduce_and_broadcast(tmp_path):
     mp.spawn(_distributed_worker, args=(world, str(tmp_path / "init"), str(tmp_path)), nprocs=world)
     results = [torch.load(tmp_path / f"rank{r}.pt") for r in range(world)]
     student, teacher, expected = planted()
-    single = MatchingDistiller([PositionSpec("c2", 4, 8)])
+    single = mgd_distiller([Position("c2", 4, 8)])
     single.start_tracking()
     single.track({"c2": student}, {"c2": teacher})
     single.finish_tracking()

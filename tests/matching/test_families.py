@@ -5,15 +5,13 @@ import torch
 
 from mgd_det.errors import ConfigError
 from mgd_det.matching import PathwayDistiller, family_names, parse_pathway, register_family
-from mgd_det.matching.families import _FAMILIES, reads_head
+from mgd_det.matching.families import FAMILIES, reads_head
 from mgd_det.matching.outputs import NetOutputs, TeacherOutput
-from mgd_det.matching.pathways import (
-    MatchedFeaturePathway,
-    OutputBoxPathway,
-    OutputKDPathway,
-    Pathway,
-    StandardizedFeaturePathway,
-)
+from mgd_det.matching.families.box import OutputBoxPathway
+from mgd_det.matching.families.kd import OutputKDPathway
+from mgd_det.matching.families.mgd import MatchedFeaturePathway
+from mgd_det.matching.families.pkd import StandardizedFeaturePathway
+from mgd_det.matching.pathways import Pathway
 
 
 class MeanGap(Pathway):
@@ -26,11 +24,11 @@ class MeanGap(Pathway):
 
 @pytest.fixture
 def mean_gap_family():
-    register_family("GAP")(lambda spec, ctx: MeanGap(spec))
+    register_family("GAP")(lambda spec, ctx, options: MeanGap(spec))
     try:
         yield
     finally:
-        del _FAMILIES["GAP"]
+        FAMILIES._entries.pop("GAP")
 
 
 def test_built_in_families_in_order_and_what_they_build():
@@ -58,9 +56,9 @@ def test_a_registered_family_is_parsed_built_and_trained(mean_gap_family):
 
 
 def test_unknown_and_duplicate_families_are_refused():
-    with pytest.raises(ConfigError, match="unknown pathway family 'NOPE'; valid families are SM, RD, AMP"):
+    with pytest.raises(ConfigError, match="unknown pathway family 'NOPE'; valid: SM, RD, AMP"):
         parse_pathway("NOPE:c3")
     with pytest.raises(ValueError, match="already registered"):
-        register_family("AMP")(lambda spec, ctx: None)
+        register_family("AMP")(lambda spec, ctx, options: None)
     with pytest.raises(ValueError, match="upper case"):
         register_family("gap")

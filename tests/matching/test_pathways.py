@@ -11,7 +11,7 @@ from mgd_det.matching import (
     parse_pathway,
     solve_assignment,
 )
-from mgd_det.matching.kd import dense_kd_loss
+from mgd_det.matching.families.kd import dense_kd_loss
 
 
 @pytest.mark.parametrize(
@@ -54,7 +54,7 @@ def _feats(channels, batch=2, size=4, seed=0):
 def test_pathways_on_one_position_share_one_matcher_and_one_solve():
     channels = {"c4": (4, 8)}
     specs = [PathwaySpec("AMP", "c4", 1.0), PathwaySpec("SP", "c4", 2.0), PathwaySpec("SM", "c4", 0.5)]
-    d = PathwayDistiller(specs, channels, student_norm="none")
+    d = PathwayDistiller(specs, channels, option_defaults={"student_norm": "none"})
     # AMP and SP: G = 2, one matcher; SM: G = 1, its own one-to-one matching.
     assert sorted(d.matchers) == ["c4_g1", "c4_g2"]
     assert d.pathways["amp_c4"].matcher is d.pathways["sp_c4"].matcher is d.matchers["c4_g2"]
@@ -105,7 +105,7 @@ def _head(batch=2, anchors=3, classes=4, size=4, seed=0):
 
 def test_kd_and_box_are_weighted_pathways():
     specs = [PathwaySpec("AMP", "c3", 2.0), PathwaySpec("KD", factor=0.5), PathwaySpec("BOX", factor=3.0)]
-    d = PathwayDistiller(specs, {"c3": (2, 4)}, kd_temperature=2.0, num_classes=4)
+    d = PathwayDistiller(specs, {"c3": (2, 4)}, option_defaults={"temperature": 2.0}, num_classes=4)
     student, teacher = _feats({"c3": (2, 4)})
     s_logits, s_deltas = _head(seed=1)
     t_logits, t_deltas = _head(seed=2)
@@ -115,7 +115,7 @@ def test_kd_and_box_are_weighted_pathways():
     assert float(losses["loss_box"]) > 0
     # One weighting sees every pathway, KD and BOX included.
     reweighted = PathwayDistiller(
-        specs, {"c3": (2, 4)}, kd_temperature=2.0, num_classes=4,
+        specs, {"c3": (2, 4)}, option_defaults={"temperature": 2.0}, num_classes=4,
         weighting=ConstantWeighting({"amp_c3": 0.0, "kd": 1.0, "box": 0.0}),
     )
     got = reweighted(NetOutputs(student, s_logits, s_deltas), TeacherOutput(teacher, t_logits, t_deltas))

@@ -10,7 +10,7 @@ from mgd_det.engine.resume_settings import LOGGED, RESUME_SETTINGS
 from mgd_det.errors import ConfigError
 from mgd_det.matching import NetOutputs, PathwaySpec, TeacherOutput
 from mgd_det.matching.distiller import PathwayDistiller
-from mgd_det.matching.kd import FOREGROUND_TEMPERATURE
+from mgd_det.matching.foreground import FOREGROUND_TEMPERATURE
 
 LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
 HEAD_PATHWAYS = ["MGD.PATHWAYS", "['AMP:res4:2e-6', 'KD:1.0', 'BOX:1.0']"]
@@ -30,12 +30,12 @@ def test_non_positive_foreground_temperature_is_named(value):
 
 
 def test_core_distiller_refuses_a_non_positive_foreground_temperature():
-    with pytest.raises(ConfigError, match="kd_fg_temperature must be positive"):
-        PathwayDistiller([PathwaySpec("KD")], {}, kd_fg_temperature=0.0, num_classes=4)
+    with pytest.raises(ConfigError, match="option fg_temperature=0.0 must be a number > 0"):
+        PathwayDistiller([PathwaySpec("KD")], {}, option_defaults={"fg_temperature": 0.0}, num_classes=4)
 
 
 def test_core_distiller_passes_it_to_kd_and_box():
-    distiller = PathwayDistiller([PathwaySpec("KD"), PathwaySpec("BOX")], {}, kd_fg_temperature=0.37, num_classes=4)
+    distiller = PathwayDistiller([PathwaySpec("KD"), PathwaySpec("BOX")], {}, option_defaults={"fg_temperature": 0.37}, num_classes=4)
     assert distiller.pathways["kd"].fg_temperature == pytest.approx(0.37)
     assert distiller.pathways["box"].fg_temperature == pytest.approx(0.37)
     # and it is what the losses use: a softer foreground weight gives another KD loss
@@ -43,7 +43,7 @@ def test_core_distiller_passes_it_to_kd_and_box():
     t_logits, s_logits = torch.randn(1, 4, 3, 3, generator=gen) - 2, torch.randn(1, 4, 3, 3, generator=gen)
     deltas = torch.randn(1, 4, 3, 3, generator=gen)
     student, teacher = NetOutputs({}, [s_logits], [deltas]), TeacherOutput({}, [t_logits], [deltas])
-    sharp = PathwayDistiller([PathwaySpec("KD")], {}, kd_fg_temperature=0.1, num_classes=4)
+    sharp = PathwayDistiller([PathwaySpec("KD")], {}, option_defaults={"fg_temperature": 0.1}, num_classes=4)
     assert float(distiller.pathways["kd"](student, teacher, {})) != pytest.approx(
         float(sharp.pathways["kd"](student, teacher, {})), rel=1e-3)
 

@@ -196,7 +196,7 @@ def test_different_spatial_sizes_are_reported(tmp_path, weights):
 
 
 def test_wider_student_than_teacher_needs_sharing(tmp_path, weights):
-    with pytest.raises(ValueError, match="more channels"):
+    with pytest.raises(ValueError, match="student is wider than the teacher"):
         build_model(mgd_cfg(tmp_path, weights, "mgd_retinanet_R50_R18_AMP.yaml", "retinanet_R18_FPN.yaml",
                             "MODEL.RESNETS.DEPTH", "50", "MODEL.RESNETS.RES2_OUT_CHANNELS", "256"))
 
@@ -266,9 +266,9 @@ def test_train_net_eval_teacher_and_eval_only_student(tmp_path, weights):
 
 def test_loss_weighting_is_pluggable(tmp_path, weights):
     from mgd_det.matching.weighting import ConstantWeighting
-    from mgd_det.modeling import LOSS_WEIGHTING_REGISTRY
+    from mgd_det.modeling import LOSS_WEIGHTINGS
 
-    @LOSS_WEIGHTING_REGISTRY.register()
+    @LOSS_WEIGHTINGS.register("only_res5")
     def only_res5(cfg, specs):
         return ConstantWeighting({s.name: 1.0 if s.position == "res5" else 0.0 for s in specs})
 

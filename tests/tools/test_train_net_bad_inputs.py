@@ -28,7 +28,8 @@ import mgd_det.data  # noqa: F401  (registers the data sets and their checks)
 import mgd_det.modeling  # noqa: F401
 from _runner import REPO, TOOLS, child_env, run_tool
 from mgd_det.config import get_mgd_cfg, setup_cfg
-from mgd_det.config_checks import check_output_dir, check_solver, check_update_schedule, validate_mgd_config
+from mgd_det.config_checks import check_output_dir, check_solver, validate_mgd_config
+from mgd_det.engine.assignment_hook import check_update_schedule
 from mgd_det.errors import ConfigError, MGDUserError
 
 MGD_CONFIG = _tiny.config_path("mgd_retinanet_R50_R18_AMP.yaml")
@@ -134,7 +135,7 @@ def mgd_cfg(*opts):
 
 
 def test_no_pathway_at_all_is_named_up_front():
-    from mgd_det.modeling.weighting import check_pathways
+    from mgd_det.modeling.pathway_config import check_pathways
 
     for opts in (["MGD.POSITIONS", "[]", "MGD.FACTORS", "[]"], ["MGD.POSITIONS", "[]"]):
         problems = list(check_pathways(mgd_cfg(*opts)))

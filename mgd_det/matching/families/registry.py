@@ -1,0 +1,148 @@
+"""The pathway family registry: register a family, read a pathway entry, build its pathway.
+
+A family is one module that declares its options and registers the function building its
+:class:`~mgd_det.matching.pathways.Pathway`, in one line::
+
+    @register_family("GAP", options=(number("scale", 1.0, "how much the gap counts"),))
+    def build_gap(spec, ctx, options):
+        return MeanGap(spec, options["scale"])
+
+``reads_head=True`` marks a family that distils the dense head's outputs (it takes no
+position). The builder receives the entry's spec, the distiller's :class:`BuildContext`
+(channel counts, number of classes, shared matchers) and the family's resolved options
+(:func:`~mgd_det.matching.options.resolve_options`: checked once, here).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Mapping, Tuple
+
+from torch import nn
+
+from ...errors import ConfigError
+from ...registry import Registry
+from ..options import Option, parse_option, resolve_options
+from ..pathways import Pathway, PathwaySpec
+
+
+@dataclass
+class BuildContext:
+    """What the distiller knows about the models when it builds a pathway."""
+
+    channels: Mapping[str, Tuple[int, int]]  # position -> (student channels, teacher channels)
+    num_classes: int
+    matchers: nn.ModuleDict  # the distiller's matchers, shared by matched pathways at a position
+    # defaults of family options by option name (e.g. {"temperature": 2.0}); each family
+    # reads the ones it declares
+    option_defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def feature_channels(self, spec: PathwaySpec) -> Tuple[int, int]:
+        """(student, teacher) channels at the spec's position."""
+        if spec.position not in self.channels:
+            raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
+        return self.channels[spec.position]
+
+
+Builder = Callable[[PathwaySpec, BuildContext, Dict[str, Any]], Pathway]
+
+
+@dataclass(frozen=True)
+class PathwayFamily:
+    name: str
+    build: Builder
+    options: Tuple[Option, ...] = ()
+    reads_head: bool = False
+
+
+FAMILIES: Registry[PathwayFamily] = Registry("pathway family")
+
+
+def register_family(name: str, options: Tuple[Option, ...] = (), reads_head: bool = False):
+    """Decorator: register ``builder`` as family ``name`` (upper case, as written in an entry)."""
+    if not name or name != name.upper() or ":" in name or "=" in name:
+        raise ValueError(f"pathway family name {name!r} must be upper case, without ':' or '='")
+
+    def decorate(builder: Builder) -> Builder:
+        FAMILIES.register(name, PathwayFamily(name, builder, tuple(options), reads_head))
+        return builder
+
+    return decorate
+
+
+def family_names() -> Tuple[str, ...]:
+    """Every registered family, in registration order."""
+    return FAMILIES.names()
+
+
+def family(name: str) -> PathwayFamily:
+    return FAMILIES.get(name)
+
+
+def declared_option(name: str) -> Option:
+    """The declaration of option ``name`` by the first family that has one (families sharing
+    an option name share its meaning and check: ``fg_temperature`` of KD and BOX)."""
+    for _, found in FAMILIES:
+        for option in found.options:
+            if option.name == name:
+                return option
+    raise KeyError(f"no pathway family declares an option {name!r}")
+
+
+def reads_head(name: str) -> bool:
+    """Whether family ``name`` distils the dense head's outputs (False for unknown names)."""
+    return name in FAMILIES and FAMILIES.get(name).reads_head
+
+
+_ENTRY = re.compile(r"^\s*(?:(?P<name>\w+)\s*=\s*)?(?P<family>[^=:]+?)\s*(?::(?P<rest>.*))?$")
+
+
+def parse_pathway(text: str) -> PathwaySpec:
+    """``"[name=]FAMILY[:POSITION][:FACTOR][:option=value...]"`` -> PathwaySpec, e.g.
+    ``"AMP:res4:2e-7"``, ``"sm4=SM:res4:1e-7"``, ``"PKD:p3:1.0"``, ``"KD:0.5:temperature=2"``,
+    ``"BOX"``. Head families take no position."""
+    match = _ENTRY.match(text or "")
+    if not match:
+        raise ConfigError(f"cannot read pathway {text!r}; write FAMILY[:POSITION][:FACTOR][:option=value], "
+                          "e.g. 'AMP:res4:2e-7'")
+    found = family(match.group("family").strip().upper())
+    fields = [p.strip() for p in match.group("rest").split(":")] if match.group("rest") is not None else []
+    plain = [f for f in fields if "=" not in f]
+    if fields[:len(plain)] != plain:
+        raise ConfigError(f"pathway {text!r}: options (name=value) come after the position and factor")
+    position = None
+    if not found.reads_head and plain:
+        position, plain = plain[0], plain[1:]
+    if len(plain) > 1:
+        raise ConfigError(f"pathway {text!r} has too many ':' fields; write FAMILY[:POSITION][:FACTOR][:option=value]")
+    factor = 1.0
+    if plain:
+        try:
+            factor = float(plain[0])
+        except ValueError:
+            raise ConfigError(f"pathway {text!r}: factor {plain[0]!r} is not a number") from None
+    spec = PathwaySpec(found.name, position, factor, match.group("name") or "")
+    _check_position(found, spec)
+    options = dict(parse_option(found.options, spec.name, f) for f in fields[len(plain) + (position is not None):])
+    return spec.with_options(options) if options else spec
+
+
+def _check_position(found: PathwayFamily, spec: PathwaySpec) -> None:
+    if found.reads_head and spec.position:
+        raise ConfigError(f"pathway family {spec.family!r} reads the head and takes no position")
+    if not found.reads_head and not spec.position:
+        raise ConfigError(f"pathway family {spec.family!r} needs a position (e.g. res3 or p4)")
+
+
+def check_spec(spec: PathwaySpec, defaults: Mapping[str, Any] = None) -> Dict[str, Any]:
+    """The spec's family options, resolved and checked; a ConfigError if the spec does not fit
+    its family (unknown family, a position where none is taken or none where one is needed)."""
+    found = family(spec.family)
+    _check_position(found, spec)
+    return resolve_options(found.options, spec.name, spec.options, defaults)
+
+
+def build_pathway(spec: PathwaySpec, ctx: BuildContext) -> Pathway:
+    """The pathway of ``spec``, built by its family's builder with the resolved options."""
+    options = check_spec(spec, ctx.option_defaults)
+    return family(spec.family).build(spec, ctx, options)
