@@ -60,16 +60,18 @@ def add_mgd_config(cfg: CN) -> CN:
     # than the teacher (only with REDUCER "SM"). Off: such a pair is an error.
     cfg.MGD.ALLOW_CHANNEL_SHARING = False
     # Explicit pathways, replacing POSITIONS / FACTORS / REDUCER / KD.ENABLED when non-empty:
-    # "[NAME=]FAMILY[:POSITION][:FACTOR]" each, e.g. ["AMP:res4:2e-6", "SM:res4:1e-6",
-    # "PKD:p3:1.0", "KD:1.0"]. Families: SM / RD / AMP / SP (MGD, matched channels), PKD
-    # (standardised feature L2, no matching), KD (head logits), BOX (head box deltas).
+    # "[NAME=]FAMILY[:POSITION][:FACTOR][:option=value...]" each, e.g. ["AMP:res4:2e-6",
+    # "SM:res4:1e-6", "PKD:p3:1.0", "KD:1.0:temperature=2"]. Families (mgd_det/matching/families/,
+    # each with its options): SM / RD / AMP / SP (MGD, matched channels), PKD (standardised
+    # feature L2, no matching), KD (head logits), BOX (head box deltas). An option an entry
+    # leaves out takes its global key (STUDENT_NORM, NORM_GROUPS, ALLOW_CHANNEL_SHARING, KD.*).
     # Default names: family_position in lower case ("amp_res4", "kd"); losses are
     # "loss_<name>". MGD pathways sharing a position and group size share one matching.
     cfg.MGD.PATHWAYS = []
     # Multiplier of every pathway's factor, KD included (0 disables the distillation losses,
     # keeping the wrapper). Always taken from the config, never from a checkpoint.
     cfg.MGD.LOSS_WEIGHT = 1.0
-    # Loss weighting over the pathways, by name in mgd_det.modeling.weighting's registry:
+    # Loss weighting over the pathways, by name in mgd_det.modeling.weighting.LOSS_WEIGHTINGS:
     # "constant" (factor x LOSS_WEIGHT each), "learned" (DistPro: weights learned by a meta-step,
     # see MGD.DISTPRO) or "replay" (a learned run's weight trajectory replayed). A learned
     # weighting keeps its own parameters, optimizer and checkpoint entry, outside the student's.

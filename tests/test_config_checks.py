@@ -222,3 +222,23 @@ def test_missing_weights_are_reported_relative_to_the_working_directory(tmp_path
     cfg = setup_cfg(MGD)
     # The configs name the teacher run's output, which Detectron2 writes below the cwd.
     assert cfg.MGD.TEACHER.WEIGHTS == "output/mini_digits/retinanet_R50_FPN/model_final.pth"
+
+
+@pytest.mark.parametrize("entry,pattern", [
+    ("KD:1.0:focal_gamma=-1", r"MGD\.PATHWAYS entry 'KD:1.0:focal_gamma=-1': option focal_gamma=-1.0 must be a "
+                              r"number >= 0 \(the dense KD's focal exponent; 0: the plain KL\), e\.g\. 2\.0"),
+    ("AMP:res4:2e-6:norm_groups=0", r"MGD\.PATHWAYS entry 'AMP:res4:2e-6:norm_groups=0': option norm_groups=0 "
+                                    r"must be an integer > 0"),
+    ("KD:1.0:temprature=2", r"MGD\.PATHWAYS entry 'KD:1.0:temprature=2': option temprature='2' is not an option"),
+])
+def test_a_bad_option_in_a_pathway_entry_names_the_entry(entry, pattern):
+    with pytest.raises(ConfigError, match=pattern) as info:
+        validate_mgd_config(cfg_with("MGD.PATHWAYS", f"['AMP:res5:1e-6', '{entry}']"))
+    assert "\n" not in str(info.value)
+
+
+def test_a_global_option_key_is_checked_once_even_with_several_pathways_reading_it():
+    with pytest.raises(ConfigError) as info:
+        validate_mgd_config(cfg_with("MGD.PATHWAYS", "['AMP:res4:1e-6', 'SM:res5:1e-6']", "MGD.STUDENT_NORM", "LN"))
+    assert str(info.value).count("MGD.STUDENT_NORM must be one of BN, SyncBN, GN, none (got 'LN')") == 1
+    assert info.value.key == "MGD.STUDENT_NORM"

@@ -132,6 +132,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     import mgd_det.data  # noqa: F401  (registers the data sets and their config checks)
     import mgd_det.modeling  # noqa: F401  (registers the model config checks)
+    import mgd_det.engine  # noqa: F401  (registers the DistPro and update-schedule checks)
     from mgd_det.config import setup_cfg
     from mgd_det.config_checks import validate_mgd_config
     from mgd_det.data.preferential_sampler import distribution_stats, sampling_probabilities

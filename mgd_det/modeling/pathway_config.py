@@ -78,6 +78,9 @@ def _read_pathways(cfg: CfgNode) -> Tuple[List[PathwaySpec], List[str]]:
         for text in mgd.PATHWAYS:
             try:
                 spec = parse_pathway(text)
+            except OptionError as err:
+                problems.append(_option_problem(err, text)[1])
+                continue
             except (ValueError, TypeError) as err:
                 problems.append(f"MGD.PATHWAYS entry {text!r}: {err}")
                 continue
