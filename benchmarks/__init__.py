@@ -10,13 +10,17 @@ The modules are small and independent:
 * :mod:`.update` — assignment update ÷ bare forwards, and solver vs OR-Tools, item 2.
 * :mod:`.memory` — peak RSS of MGD vs student + teacher, fresh subprocesses, item 3
   (not imported here: it is also the subprocesses' ``python -m`` entry point).
-* :mod:`.report` — the Markdown tables.
+* :mod:`.tables` — the Markdown tables.
 
-``tools/benchmark.py`` is the command line.
+``tools/benchmark.py`` is the command line. The other modules are measurements of their own,
+each a ``python -m benchmarks.<name>`` command (sync counts, the step profile, DistPro's
+overhead and finite-difference radius, the CPU levers, the jitted focal loss, the teacher
+score AUC, the loss trace); :mod:`.tiny_run` holds the tiny-run settings they share with the
+tests. The accuracy study is the package ``study``, not here.
 """
-from benchmarks.report import markdown_report
 from benchmarks.stats import interleaved_times, profile_table, ratio_summary, summarize
 from benchmarks.step import measure_step_overhead
+from benchmarks.tables import markdown_report
 from benchmarks.update import (
     load_assignment_npz,
     measure_solver,

@@ -28,9 +28,9 @@ def tiny_detector(output_dir: str, teacher_weights: str, dtype=torch.float64, *o
     """(trainer, DistPro hook) for the tiny DistPro config, the model cast to ``dtype``."""
     from detectron2.utils.env import seed_all_rng
 
+    from benchmarks.tiny_run import tiny_cfg
     from mgd_det.engine import MGDTrainer
     from mgd_det.engine.distpro import DistProHook
-    from tests._tiny import tiny_cfg
 
     cfg = tiny_cfg(CONFIG, output_dir, *OPTS, "MGD.TEACHER.WEIGHTS", teacher_weights, *opts, evaluate=False)
     seed_all_rng(cfg.SEED)
@@ -93,9 +93,9 @@ def main():
     torch.set_num_threads(1)
     from detectron2.modeling import build_model
 
+    from benchmarks.tiny_run import config_path
     from mgd_det.config import setup_cfg
     from mgd_det.data import ensure_generated
-    from tests._tiny import config_path
 
     with tempfile.TemporaryDirectory() as tmp:
         os.environ.setdefault("MGD_DATASETS", os.path.join(tmp, "datasets"))

@@ -11,7 +11,7 @@
 # machine), and only the runs that fit are started. Each finished run adds a JSON entry to
 # $OUT/study; the lead copies the new ones back and commits them:
 #   cp -n <files_at>/study/*.json docs/results/study/
-#   python -m benchmarks.report --ledger docs/results/study --readme --plot docs/img/study.png
+#   python -m study.report --ledger docs/results/study --readme --plot docs/img/study.png
 # Also in $OUT: study.log (the plan: what ran, what was skipped, what remains), device.txt,
 # sync_counts.json (SYNC=0 skips it), logs.tgz; pytest_failures.txt with TESTS=1.
 # MODE (gpu), STUDENTS (baseline,AMP), SEEDS (0,1,2), PARALLEL (4), FINETUNE=1 choose the study;

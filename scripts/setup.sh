@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One-command set-up: torch, Detectron2, the other dependencies and mgd_det (editable).
+# One-command set-up: torch, Detectron2, the other dependencies and mgd_det (editable, with the
+# study and benchmarks packages beside it).
 # Safe to re-run: a finished venv set-up whose stamp matches the current requirements and
 # imports exits early; the other modes re-run pip, which skips what is already there.
 #
@@ -156,11 +157,14 @@ else
   "$PY" -m installer "$d2_wheel" || die "installing the Detectron2 wheel failed"
 fi
 
-step "installing mgd_det (editable)"
+step "installing mgd_det, study and benchmarks (editable)"
 "${PIP[@]}" install --no-deps --no-build-isolation ${INDEX[@]+"${INDEX[@]}"} -e "$ROOT" || die "installing mgd_det failed"
 
 "$PY" -c "import torch, torchvision, detectron2, mgd_det; from detectron2.modeling import build_model" \
   || die "post-install import check failed"
+# Without the working folder on sys.path, so that a checkout's folders cannot stand in for the install.
+"$PY" -c "import importlib.util as u, sys; sys.path.remove(''); sys.exit(not all(u.find_spec(n) for n in ('study', 'benchmarks')))" \
+  || die "the study and benchmarks packages are not importable after the install"
 if [ -n "$STAMP" ]; then
   echo "$want_stamp" > "$STAMP"
   step "done. Activate with: source $VENV/bin/activate"

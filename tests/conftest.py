@@ -18,7 +18,9 @@ import sys
 import pytest
 import torch
 
-# benchmarks/ (experiment code beside the package, not installed) must be importable.
+# The repository root before tests/ on sys.path: pytest puts tests/ there (for _tiny and the
+# other helpers), where the folders tests/study and tests/benchmarks (no __init__.py) would be
+# taken for namespace packages named study and benchmarks, hiding the installed ones.
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import _tiny

@@ -18,9 +18,6 @@ import logging
 import os
 import sys
 
-# benchmarks/ (experiment code) sits beside the package and is not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 import torch
 
 import mgd_det.data  # noqa: F401  (registers the data sets)

@@ -15,13 +15,10 @@ import logging
 import os
 import sys
 
-# benchmarks/ (experiment code) sits beside the package and is not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-import mgd_det.data  # noqa: F401,E402  (registers the data sets)
-import mgd_det.modeling  # noqa: F401,E402  (registers MGDDistiller)
-from benchmarks.distpro import measure_distpro_overhead  # noqa: E402
-from benchmarks.workloads import benchmark_cfg, environment  # noqa: E402
+import mgd_det.data  # noqa: F401  (registers the data sets)
+import mgd_det.modeling  # noqa: F401  (registers MGDDistiller)
+from benchmarks.distpro import measure_distpro_overhead
+from benchmarks.workloads import benchmark_cfg, environment
 
 logger = logging.getLogger("benchmarks")
 

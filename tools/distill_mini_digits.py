@@ -23,14 +23,11 @@ import logging
 import os
 import sys
 
-# benchmarks/ (experiment code) sits beside the package and is not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 from detectron2.utils.logger import setup_logger
 
-from benchmarks.ledger import DEFAULT_LEDGER
-from benchmarks.ledger_study import run_budgeted_study
-from benchmarks.study import MODES, STUDENT_GROUPS, STUDENTS, STUDY_GROUPS, markdown_table, run_study
+from study.ledger import DEFAULT_LEDGER
+from study.runner import MODES, STUDENT_GROUPS, STUDENTS, STUDY_GROUPS, markdown_table, run_study
+from study.session import run_budgeted_study
 
 
 def main(argv=None) -> int:
@@ -62,7 +59,7 @@ def main(argv=None) -> int:
     out_dir = args.out_dir or os.path.join("output", f"study_{args.mode}")
     os.makedirs(out_dir, exist_ok=True)
     setup_logger(output=os.path.join(out_dir, "study.log"), name="mgd_det")
-    setup_logger(output=os.path.join(out_dir, "study.log"), name="benchmarks")
+    setup_logger(output=os.path.join(out_dir, "study.log"), name="study")
     group_students, group_finetune = STUDY_GROUPS[args.group] if args.group else (["baseline", "AMP"], False)
     students = args.students.split(",") if args.students else group_students
     seeds = [int(s) for s in (args.seeds or ("0,1,2" if args.group else "0")).split(",")]

@@ -15,17 +15,13 @@ By default the panels are ``total_loss``, every ``loss_*`` key found and ``bbox/
 """
 import argparse
 import os
-import sys
-
-# benchmarks/ (experiment code) sits beside the package and is not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import matplotlib
 
+from mgd_det.metrics_file import read_series
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-from benchmarks.metrics_file import read_series  # noqa: E402
 
 
 def read_metrics(path):

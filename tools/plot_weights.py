@@ -20,17 +20,13 @@ import argparse
 import json
 import logging
 import os
-import sys
-
-# benchmarks/ (experiment code) sits beside the package and is not installed with it.
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import matplotlib
 
+from mgd_det.metrics_file import read_series
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-
-from benchmarks.metrics_file import read_series  # noqa: E402
 
 logger = logging.getLogger("plot_weights")
 

@@ -6,12 +6,12 @@ import os
 
 import pytest
 
-from benchmarks import ledger
-from benchmarks.ledger_study import build_study, schedule_opts
-from benchmarks.study import MODES, PILOT_MIN_SEED, STUDY_GROUPS, check_seeds
-from benchmarks.study_stats import compare
 from mgd_det.data.train_slices import TrainSlice, ensure_slice_json, slice_coco
 from mgd_det.errors import DataError
+from study import ledger
+from study.runner import MODES, PILOT_MIN_SEED, STUDY_GROUPS, check_seeds
+from study.session import build_study, schedule_opts
+from study.stats import compare
 
 
 def test_compare_by_hand():
@@ -99,8 +99,8 @@ def test_cpu_modes_resolve_sizes_data_sets_and_pilot_slices():
 
 
 def test_side_by_side_cpu_runs_get_one_thread_each(monkeypatch):
-    from benchmarks.ledger_study import _Session
-    from benchmarks.study_plan import Plan
+    from study.plan import Plan
+    from study.session import _Session
 
     monkeypatch.setattr(os, "cpu_count", lambda: 2)
 

@@ -7,11 +7,11 @@ import re
 import pytest
 
 from _runner import run_tool
-from benchmarks import ledger
-from benchmarks.report import README_END, README_START, main as report_main, plot_study, replace_block, study_table
-from benchmarks.study_plan import Job, estimate_seconds, plan_study
 from mgd_det.config import setup_cfg
 from mgd_det.errors import DataError
+from study import ledger
+from study.plan import Job, estimate_seconds, plan_study
+from study.report import README_END, README_START, main as report_main, plot_study, replace_block, study_table
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MINI = os.path.join(REPO, "configs", "mini_digits")

@@ -5,8 +5,8 @@ import pytest
 
 import threading
 
-import benchmarks.study as study
-from benchmarks.study import MODES, expand_students, markdown_table, read_final_metrics, run_study, run_training, summarize
+import study.runner as runner
+from study.runner import MODES, expand_students, markdown_table, read_final_metrics, run_study, run_training, summarize
 
 
 def _write_run(folder, ap):
@@ -90,8 +90,8 @@ def test_side_by_side_runs_overlap_and_keep_their_order(monkeypatch):
         barrier.wait()
         return {"AP": float(config), "AP50": 0.0, "AP75": 0.0}
 
-    monkeypatch.setattr(study, "run_training", run)
-    results = study.run_side_by_side([(str(i), "out", []) for i in range(4)], parallel=4)
+    monkeypatch.setattr(runner, "run_training", run)
+    results = runner.run_side_by_side([(str(i), "out", []) for i in range(4)], parallel=4)
     assert [r["AP"] for r in results] == [0.0, 1.0, 2.0, 3.0]
 
 
@@ -107,7 +107,7 @@ def test_gpu_session_dryrun_records_the_study_in_out(tmp_path, tiny_datasets):
     import subprocess
     import sys
 
-    from benchmarks.ledger import read_ledger
+    from study.ledger import read_ledger
 
     repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, DRYRUN="1", SYNC="0", SEEDS="0", STUDENTS="baseline", PYTHON=sys.executable,

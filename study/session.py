@@ -1,14 +1,14 @@
-"""The budgeted study: the runs of benchmarks/study.py, planned against the ledger, trained
+"""The budgeted study: the runs of study/runner.py, planned against the ledger, trained
 within a device-time budget and recorded in it.
 
     python tools/distill_mini_digits.py --mode gpu --students baseline,AMP --seeds 0,1,2 \
         --budget-min 10 --ledger docs/results/study
 
-Each run is a ``tools/train_net.py`` process (:func:`benchmarks.study.run_training`) in
+Each run is a ``tools/train_net.py`` process (:func:`study.runner.run_training`) in
 ``<out-dir>/<name>_seed<seed>_<hash[:8]>/``; when it ends, its summary goes to the ledger
-(:mod:`benchmarks.ledger`) and beside its weights (``ledger_entry.json``, which marks the
+(:mod:`study.ledger`) and beside its weights (``ledger_entry.json``, which marks the
 folder's weights as usable by later runs on this machine). Runs already in the ledger (same
-config hash and seed) are skipped; which of the others run is :mod:`benchmarks.study_plan`'s
+config hash and seed) are skipped; which of the others run is :mod:`study.plan`'s
 choice. A run is started only if its estimated end still fits the budget at that moment.
 """
 import json
@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from benchmarks import ledger
-from benchmarks.study import (
+from study import ledger
+from study.runner import (
     CONFIGS,
     FINETUNES,
     MODES,
@@ -32,7 +32,7 @@ from benchmarks.study import (
     check_study,
     run_training,
 )
-from benchmarks.study_plan import Job, Plan, plan_study
+from study.plan import Job, Plan, plan_study
 from mgd_det.config import setup_cfg
 
 logger = logging.getLogger(__name__)

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from benchmarks.ledger import METRICS, device_description, read_evaluations
+from study.ledger import METRICS, device_description, read_evaluations
 
 logger = logging.getLogger(__name__)
 

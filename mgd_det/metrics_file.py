@@ -1,6 +1,8 @@
 """Reading Detectron2's ``metrics.json`` (one JSON record per line) into series per scalar.
 
-Shared by the plotting tools. Pure Python (no torch), so the tools start fast.
+Shared by the plotting tools (tools/plot_curves.py, tools/plot_weights.py) and the study's
+ledger (study/ledger.py). A leaf: pure Python, no torch and no Detectron2, so the tools start
+fast.
 """
 import json
 import os

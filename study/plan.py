@@ -180,7 +180,7 @@ def plan_study(wanted: Sequence[Job], entries: Sequence[dict], device: str, budg
     Args:
         wanted: the study's runs in priority order.
         entries: the ledger.
-        device: this machine (:func:`benchmarks.ledger.device_description`).
+        device: this machine (:func:`study.ledger.device_description`).
         budget_s: device time for the session's runs.
         local: keys of runs whose finished weights are on this machine (no retraining needed).
         jobs: every job by key, prerequisites included (default: ``wanted``).

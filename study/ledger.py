@@ -2,7 +2,7 @@
 
 The ledger is what lets a study accumulate over several short GPU sessions: a run whose
 config hash and seed are already in it is not trained again, and the README table and plots
-are generated from it (:mod:`benchmarks.report`). Entries are committed; a session writes
+are generated from it (:mod:`study.report`). Entries are committed; a session writes
 new ones atomically (:func:`mgd_det.atomic_io.atomic_write_text`) and never rewrites old ones.
 
 The **config hash** is the SHA-256 of the fully resolved Detectron2 config of the run (the
@@ -41,7 +41,7 @@ import os
 import subprocess
 from typing import Dict, List, Optional, Sequence
 
-from benchmarks.metrics_file import metrics_file, read_series
+from mgd_det.metrics_file import metrics_file, read_series
 from mgd_det.atomic_io import atomic_write_text
 from mgd_det.errors import DataError
 
