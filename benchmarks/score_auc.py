@@ -146,25 +146,23 @@ def score_report(cfg, teacher, dataset: str, cache_path: str, num_draws: Optiona
 # ---------------------------------------------------------------- 2. gradient share
 def old_kd_loss(student_logits: Sequence[torch.Tensor], teacher_logits: Sequence[torch.Tensor],
                 temperature: float = 1.0) -> torch.Tensor:
-    """The KD loss before issue 19: sigmoid BCE averaged over each level's elements, then over levels."""
-    from mgd_det.matching.kd import hinton_kd_loss
-
-    losses = [hinton_kd_loss(s, t, temperature, kind="sigmoid") for s, t in zip(student_logits, teacher_logits)]
+    """The KD loss before the foreground mass: per level, the binary cross-entropy of
+    sigmoid(s/T) against sigmoid(t/T) averaged over the level's elements (x T^2), then averaged
+    over levels. Its minimum over the student is the teacher's entropy, not zero."""
+    losses = [F.binary_cross_entropy_with_logits(s.float() / temperature, torch.sigmoid(t.detach().float() / temperature))
+              * temperature**2 for s, t in zip(student_logits, teacher_logits)]
     return sum(losses) / len(losses)
 
 
 def old_box_loss(student_deltas, teacher_logits, teacher_deltas, num_classes: int, beta: float = 0.1) -> torch.Tensor:
-    """The BOX loss before issue 19: smooth-L1 per anchor weighted by the teacher's largest class
-    probability, divided by the summed weight (at least 1)."""
-    total, weight_sum = 0.0, 0.0
-    for s, tl, td in zip(student_deltas, teacher_logits, teacher_deltas):
-        n, _, h, w = tl.shape
-        weight = torch.sigmoid(tl.detach().float()).view(n, -1, num_classes, h, w).amax(dim=2)
-        t_boxes = td.detach().view(n, -1, 4, h, w)
-        err = F.smooth_l1_loss(s.view_as(t_boxes).float(), t_boxes.float(), beta=beta, reduction="none").sum(dim=2)
-        total = total + (err * weight).sum()
-        weight_sum = weight_sum + weight.sum()
-    return total / weight_sum.clamp(min=1.0)
+    """The BOX loss before the foreground temperature: smooth-L1 per anchor weighted by the
+    teacher's largest class probability, divided by the summed weight (at least 1) -- the BOX
+    family at fg_temperature 1."""
+    from mgd_det.matching import NetOutputs, PathwaySpec, TeacherOutput
+    from mgd_det.matching.families.box import OutputBoxPathway
+
+    box = OutputBoxPathway(PathwaySpec("BOX"), num_classes, beta=beta, fg_temperature=1.0)
+    return box(NetOutputs({}, [], list(student_deltas)), TeacherOutput({}, list(teacher_logits), list(teacher_deltas)), {})
 
 
 def foreground_masks(teacher_logits: Sequence[torch.Tensor], num_classes: int,
@@ -220,8 +218,9 @@ def gradient_shares(batches, num_classes: int, fg_temperature: float, kd_tempera
     exponent (default: the core's default, that of the default config).
     """
     from mgd_det.matching import NetOutputs, PathwaySpec, TeacherOutput
-    from mgd_det.matching.kd import FOCAL_GAMMA, foreground_weight
-    from mgd_det.matching.pathways import OutputBoxPathway, OutputKDPathway
+    from mgd_det.matching.families.box import OutputBoxPathway
+    from mgd_det.matching.families.kd import FOCAL_GAMMA, OutputKDPathway
+    from mgd_det.matching.foreground import foreground_weight
 
     focal_gamma = FOCAL_GAMMA if focal_gamma is None else focal_gamma
     kd = OutputKDPathway(PathwaySpec("KD"), kd_temperature, fg_temperature, focal_gamma=focal_gamma)

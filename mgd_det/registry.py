@@ -60,8 +60,12 @@ class Registry(Generic[T]):
     def __contains__(self, name: object) -> bool:
         return name in self._entries
 
-    def __iter__(self) -> Iterator[Tuple[str, T]]:
-        return iter(list(self._entries.items()))
+    def __iter__(self) -> Iterator[str]:
+        """The names, like a dict."""
+        return iter(self.names())
+
+    def items(self) -> Tuple[Tuple[str, T], ...]:
+        return tuple(self._entries.items())
 
     def __len__(self) -> int:
         return len(self._entries)

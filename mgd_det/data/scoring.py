@@ -43,11 +43,11 @@ import numpy as np
 import torch
 from scipy.stats import rankdata
 
+from ..registry import Registry
 from .score_cache import ScoreCache, file_identity
 
 logger = logging.getLogger(__name__)
 
-SCORE_KINDS = ("rank", "relative", "mass", "max")
 # Detection scores kept per image (highest first): enough for any score kind, small in JSON.
 TOP_KEPT = 20
 # The "relative" threshold: this quantile of the pool's per-image maximum scores (at most
@@ -213,7 +213,7 @@ def score_images(
     the same file: they never save).
     """
     if score_kind not in SCORE_KINDS:
-        raise ValueError(f"score_kind must be one of {SCORE_KINDS}, got {score_kind!r}")
+        raise ValueError(f"score_kind must be one of {', '.join(SCORE_KINDS.names())}, got {score_kind!r}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     rank, world_size = int(shard[0]), int(shard[1])
@@ -371,41 +371,73 @@ def _top(v: Dict) -> np.ndarray:
     return np.asarray(v.get("top", [v["max"]] if v.get("max") else []), dtype=np.float64)
 
 
-def _collect(values: Sequence[Dict], score_kind: str, threshold: float = 0.5,
-             quantile: float = RELATIVE_QUANTILE) -> ImageScores:
-    n = len(values)
-    readable = np.array([bool(v.get("readable", False)) for v in values], dtype=bool)
-    max_scores = np.full(n, np.nan)
+ScoreKind = Callable[[Sequence[Dict], np.ndarray, np.ndarray, float, float], Tuple[np.ndarray, np.ndarray, float]]
+# How a pool's cached detections become one score per image (``MGD.UNLABELED.SCORE``): each
+# kind maps (cached values, readable flags, per-image max scores, threshold, quantile) to
+# (scores, counts of the detections that counted, the threshold used); first: the default.
+SCORE_KINDS: Registry = Registry("relevance score kind")
+
+
+@SCORE_KINDS.register("rank")
+def _rank_kind(values, readable, max_scores, threshold, quantile):
+    """Percentile of the image's class evidence (:func:`rank_scores`)."""
+    evidence = np.full(len(values), np.nan)
+    counts = np.zeros(len(values), dtype=np.int64)
     for i, v in enumerate(values):
         if readable[i]:
-            max_scores[i] = float(v["max"])
-    if score_kind == "rank":
-        evidence = np.full(n, np.nan)
-        counts = np.zeros(n, dtype=np.int64)
-        for i, v in enumerate(values):
-            if readable[i]:
-                best = _class_top(v)
-                best = best[best >= RELATIVE_FLOOR]
-                evidence[i], counts[i] = float(best.sum()), int(best.size)
-        return ImageScores(rank_scores(evidence), max_scores, counts, readable, score_kind=score_kind,
-                           score_threshold=RELATIVE_FLOOR)
-    cut = relative_threshold(max_scores, threshold, quantile) if score_kind == "relative" else float(threshold)
-    scores = np.full(n, np.nan)
-    counts = np.zeros(n, dtype=np.int64)
+            best = _class_top(v)
+            best = best[best >= RELATIVE_FLOOR]
+            evidence[i], counts[i] = float(best.sum()), int(best.size)
+    return rank_scores(evidence), counts, RELATIVE_FLOOR
+
+
+def _kept_mass(values, readable, max_scores, cut, tail=None, custom_mass=False):
+    """Sum of the detection scores >= ``cut`` per image; ``tail(max score, cut)`` scores an
+    image with none (else 0); ``custom_mass``: a custom score_fn's own "mass" and "count"."""
+    scores = np.full(len(values), np.nan)
+    counts = np.zeros(len(values), dtype=np.int64)
     for i, v in enumerate(values):
         if not readable[i]:
             continue
-        if score_kind == "max":
-            scores[i] = max_scores[i]
-            counts[i] = int(max_scores[i] >= cut)
-        elif score_kind == "mass" and "top" not in v:  # a value from a custom score_fn
+        if custom_mass and "top" not in v:  # a value from a custom score_fn
             scores[i], counts[i] = float(v["mass"]), int(v["count"])
-        else:
-            top = _top(v)
-            kept = top[top >= cut]
-            scores[i], counts[i] = float(kept.sum()), int(kept.size)
-            if score_kind == "relative" and not kept.size:
-                scores[i] = relative_tail(max_scores[i], cut)
+            continue
+        top = _top(v)
+        kept = top[top >= cut]
+        scores[i], counts[i] = float(kept.sum()), int(kept.size)
+        if tail is not None and not kept.size:
+            scores[i] = tail(max_scores[i], cut)
+    return scores, counts, cut
+
+
+@SCORE_KINDS.register("relative")
+def _relative_kind(values, readable, max_scores, threshold, quantile):
+    """Mass above the pool's own quantile threshold, the rest by their best guess."""
+    return _kept_mass(values, readable, max_scores, relative_threshold(max_scores, threshold, quantile),
+                      relative_tail)
+
+
+@SCORE_KINDS.register("mass")
+def _mass_kind(values, readable, max_scores, threshold, quantile):
+    """Mass of the detections above the absolute threshold."""
+    return _kept_mass(values, readable, max_scores, float(threshold), custom_mass=True)
+
+
+@SCORE_KINDS.register("max")
+def _max_kind(values, readable, max_scores, threshold, quantile):
+    """The image's largest detection score."""
+    counts = np.where(readable, max_scores >= float(threshold), False).astype(np.int64)
+    return max_scores.copy(), counts, float(threshold)
+
+
+def _collect(values: Sequence[Dict], score_kind: str, threshold: float = 0.5,
+             quantile: float = RELATIVE_QUANTILE) -> ImageScores:
+    readable = np.array([bool(v.get("readable", False)) for v in values], dtype=bool)
+    max_scores = np.full(len(values), np.nan)
+    for i, v in enumerate(values):
+        if readable[i]:
+            max_scores[i] = float(v["max"])
+    scores, counts, cut = SCORE_KINDS.get(score_kind)(values, readable, max_scores, threshold, quantile)
     return ImageScores(scores, max_scores, counts, readable, score_kind=score_kind, score_threshold=cut)
 
 

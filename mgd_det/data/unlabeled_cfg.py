@@ -29,7 +29,7 @@ def unlabeled_cfg_problems(cfg) -> Iterator[str]:
     u = cfg.MGD.UNLABELED
     checks = (
         ("SAMPLING", u.SAMPLING in SAMPLING_MODES, f"one of {SAMPLING_MODES}"),
-        ("SCORE", u.SCORE in SCORE_KINDS, f"one of {SCORE_KINDS}"),
+        ("SCORE", u.SCORE in SCORE_KINDS, f"one of {SCORE_KINDS.names()}"),
         ("TEMPERATURE", u.TEMPERATURE > 0, "> 0 (1: proportional to the score; large: uniform)"),
         ("UNIFORM_SHARE", 0.0 <= u.UNIFORM_SHARE <= 1.0, "in [0, 1]"),
         ("SCORE_EPS", u.SCORE_EPS > 0, "> 0"),

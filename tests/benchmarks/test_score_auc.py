@@ -101,3 +101,21 @@ def test_score_report_covers_every_score_kind(tmp_path, tiny_datasets):
         assert entry["score"] == kind and entry["auc"] == pytest.approx(0.5)
         assert entry["warning_fires"] and entry["sampling"]["mode"] == "uniform"
         assert entry["sampling"]["distinct_drawn"] == 32, "uniform epochs draw every image once"
+
+
+def test_old_kd_loss_is_the_element_mean_sigmoid_cross_entropy_with_the_teacher_entropy_as_floor():
+    from benchmarks.score_auc import old_kd_loss
+
+    gen = torch.Generator().manual_seed(0)
+    student, teacher = torch.randn(3, 4, generator=gen, requires_grad=True), torch.randn(3, 4, generator=gen)
+    temp = 2.0
+    q = torch.sigmoid(teacher / temp)
+    p = torch.sigmoid(student.detach() / temp)
+    reference = -(q * p.log() + (1 - q) * (1 - p).log()).mean() * temp**2
+    got = old_kd_loss([student], [teacher], temp)
+    assert float(got) == pytest.approx(float(reference), rel=1e-5)
+    entropy = -(q * q.log() + (1 - q) * (1 - q).log()).mean() * temp**2
+    at_teacher = float(old_kd_loss([teacher], [teacher], temp))
+    assert at_teacher == pytest.approx(float(entropy), rel=1e-5) and at_teacher < float(got)
+    got.backward()
+    assert student.grad is not None

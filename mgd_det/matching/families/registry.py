@@ -82,7 +82,7 @@ def family(name: str) -> PathwayFamily:
 def declared_option(name: str) -> Option:
     """The declaration of option ``name`` by the first family that has one (families sharing
     an option name share its meaning and check: ``fg_temperature`` of KD and BOX)."""
-    for _, found in FAMILIES:
+    for _, found in FAMILIES.items():
         for option in found.options:
             if option.name == name:
                 return option
