@@ -1,11 +1,15 @@
-"""A training sampler that can continue exactly where an interrupted run stopped, and the
-aspect-ratio grouping of mixed (labeled + pool) batches."""
+"""Training samplers: one that can continue exactly where an interrupted run stopped, the
+mixed (labeled + pool) batch sampler and its aspect-ratio grouping. The pool's own sampler is
+:mod:`.preferential_sampler`."""
 import itertools
 import logging
 
 import torch
+from torch.utils.data import Sampler
 
 from detectron2.data.samplers import TrainingSampler
+
+from mgd_det.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -100,3 +104,49 @@ class MixedAspectRatioGroupedDataset(torch.utils.data.IterableDataset):
                 batch = self._take(buckets, (0, 1))
             if batch is not None:
                 yield batch
+
+
+class MixedBatchSampler(Sampler):
+    """Per batch of ``batch_size`` indices: ``num_labeled`` from the labeled stream, then the
+    rest from the pool's stream (offset by the number of labeled images).
+
+    Both streams are resumable: :meth:`fast_forward` splits the consumed count between them.
+    With aspect-ratio grouping the loader regroups the stream by orientation *and* kind
+    (:class:`MixedAspectRatioGroupedDataset`), so every batch keeps
+    ``num_labeled`` labeled images; the resumed order is exact when the loader batches
+    contiguous runs of the stream (NUM_WORKERS <= 1, one orientation or no grouping), as for
+    :class:`ResumableTrainingSampler`.
+    """
+
+    def __init__(self, labeled: ResumableTrainingSampler, pool: Sampler, num_labeled_dicts: int,
+                 batch_size: int, num_labeled: int):
+        if not 0 < num_labeled < batch_size:
+            raise ConfigError(
+                f"a mixed batch of {batch_size} images per process needs 1..{batch_size - 1} labeled "
+                f"images; MGD.UNLABELED.LABELED_SHARE gives {num_labeled}. Change the share or the batch.",
+                key="MGD.UNLABELED.LABELED_SHARE",
+            )
+        self.labeled, self.pool = labeled, pool
+        self.offset, self.batch_size, self.num_labeled = num_labeled_dicts, batch_size, num_labeled
+
+    @property
+    def seed(self) -> int:
+        return self.labeled.seed
+
+    @seed.setter
+    def seed(self, value: int) -> None:
+        self.labeled.seed = value
+
+    def fast_forward(self, num_consumed: int) -> None:
+        batches, rest = divmod(int(num_consumed), self.batch_size)
+        labeled = batches * self.num_labeled + min(rest, self.num_labeled)
+        self.labeled.fast_forward(labeled)
+        self.pool.fast_forward(num_consumed - labeled)
+
+    def __iter__(self):
+        labeled, pool = iter(self.labeled), iter(self.pool)
+        while True:
+            for _ in range(self.num_labeled):
+                yield next(labeled)
+            for _ in range(self.batch_size - self.num_labeled):
+                yield self.offset + next(pool)

@@ -7,10 +7,14 @@ assemble (:mod:`.scoring`, :mod:`.score_cache`, :mod:`.preferential_sampler`,
 
 import logging
 import os
-from typing import Dict, Iterator, Optional, Sequence
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import numpy as np
 
 from mgd_det.cfg_facts import config_seed
 from mgd_det.config_checks import raise_problems, register_config_check
+from mgd_det.errors import ConfigError
+from mgd_det.registry import Registry
 
 from .preferential_sampler import PreferentialSampler
 from .score_cache import ScoreCache, teacher_identity
@@ -19,7 +23,9 @@ from .unlabeled_mapper import UnlabeledDatasetMapper
 
 logger = logging.getLogger(__name__)
 
-SAMPLING_MODES = ("preferential", "uniform")
+# How pool images are drawn (MGD.UNLABELED.SAMPLING): each entry maps (cfg, teacher or None,
+# the teacher's config or None, pool dicts) to (per-image weights, whether to draw uniformly).
+POOL_SAMPLINGS: Registry = Registry("pool sampling")
 DEFAULT_CACHE_NAME = "unlabeled_scores.json"
 
 
@@ -28,7 +34,7 @@ def unlabeled_cfg_problems(cfg) -> Iterator[str]:
     """The bad MGD.UNLABELED values, one problem each (a registered config check)."""
     u = cfg.MGD.UNLABELED
     checks = (
-        ("SAMPLING", u.SAMPLING in SAMPLING_MODES, f"one of {SAMPLING_MODES}"),
+        ("SAMPLING", u.SAMPLING in POOL_SAMPLINGS, f"one of {POOL_SAMPLINGS.names()}"),
         ("SCORE", u.SCORE in SCORE_KINDS, f"one of {SCORE_KINDS.names()}"),
         ("TEMPERATURE", u.TEMPERATURE > 0, "> 0 (1: proportional to the score; large: uniform)"),
         ("UNIFORM_SHARE", 0.0 <= u.UNIFORM_SHARE <= 1.0, "in [0, 1]"),
@@ -98,3 +104,31 @@ def build_unlabeled_sampler(cfg, scores, seed: Optional[int] = None, uniform: Op
         scores, temperature=u.TEMPERATURE, uniform_share=1.0 if uniform else u.UNIFORM_SHARE,
         eps=u.SCORE_EPS, seed=seed, **kwargs,
     )
+
+
+@POOL_SAMPLINGS.register("preferential")
+def teacher_score_weights(cfg, teacher, teacher_cfg, pool_dicts: Sequence[Dict]) -> Tuple[np.ndarray, bool]:
+    """The teacher's scores of the pool (:func:`score_unlabeled_from_cfg`); scores that cannot
+    rank the pool (a random or untrained teacher: all 0, or all equal) give uniform sampling,
+    with one warning."""
+    if teacher is None:
+        raise ConfigError(
+            "preferential sampling of unlabeled images needs a teacher to score them; use an MGD "
+            "config, or set MGD.UNLABELED.SAMPLING uniform", key="MGD.UNLABELED.SAMPLING",
+        )
+    result = score_unlabeled_from_cfg(cfg, teacher, teacher_cfg, pool_dicts)
+    reason = result.uninformative
+    if reason is not None:
+        logger.warning(
+            "Teacher scores carry no information (%s; score %r, detections >= %.3f): uniform sampling "
+            "instead of preferential. Check that MGD.TEACHER.WEIGHTS is a trained detector of the "
+            "pool's objects, or set MGD.UNLABELED.SAMPLING uniform.",
+            reason, result.score_kind, result.score_threshold,
+        )
+    return np.asarray(result.scores, dtype=np.float64), reason is not None
+
+
+@POOL_SAMPLINGS.register("uniform")
+def uniform_weights(cfg, teacher, teacher_cfg, pool_dicts: Sequence[Dict]) -> Tuple[np.ndarray, bool]:
+    """Every pool image alike; no teacher pass."""
+    return np.ones(len(pool_dicts)), True

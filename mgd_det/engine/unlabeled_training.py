@@ -22,7 +22,6 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler
 from detectron2.data import DatasetCatalog, DatasetMapper, build_detection_train_loader, get_detection_dataset_dicts
 from detectron2.engine import HookBase
 from detectron2.utils import comm
@@ -30,12 +29,11 @@ from detectron2.utils import comm
 from mgd_det.cfg_facts import config_seed, per_rank_batch_size
 from mgd_det.data.mapper import FileNamingMapper
 from mgd_det.data.preferential_sampler import PreferentialSampler
-from mgd_det.data.samplers import MixedAspectRatioGroupedDataset, ResumableTrainingSampler
+from mgd_det.data.samplers import MixedAspectRatioGroupedDataset, MixedBatchSampler, ResumableTrainingSampler
 from mgd_det.data.unlabeled import register_unlabeled_from_cfg, split_labeled_unlabeled
-from mgd_det.data.unlabeled_cfg import build_unlabeled_sampler, score_unlabeled_from_cfg
+from mgd_det.data.unlabeled_cfg import POOL_SAMPLINGS, build_unlabeled_sampler
 from mgd_det.data.unlabeled_mapper import UnlabeledDatasetMapper
 from mgd_det.engine.train_data import TrainData
-from mgd_det.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
@@ -46,79 +44,18 @@ def unlabeled_train_sets(cfg) -> List[str]:
     return split_labeled_unlabeled(cfg.DATASETS.TRAIN)[1]
 
 
-class MixedBatchSampler(Sampler):
-    """Per batch of ``batch_size`` indices: ``num_labeled`` from the labeled stream, then the
-    rest from the pool's stream (offset by the number of labeled images).
-
-    Both streams are resumable: :meth:`fast_forward` splits the consumed count between them.
-    With aspect-ratio grouping the loader regroups the stream by orientation *and* kind
-    (:class:`~mgd_det.data.samplers.MixedAspectRatioGroupedDataset`), so every batch keeps
-    ``num_labeled`` labeled images; the resumed order is exact when the loader batches
-    contiguous runs of the stream (NUM_WORKERS <= 1, one orientation or no grouping), as for
-    :class:`~mgd_det.data.samplers.ResumableTrainingSampler`.
-    """
-
-    def __init__(self, labeled: ResumableTrainingSampler, pool: PreferentialSampler, num_labeled_dicts: int,
-                 batch_size: int, num_labeled: int):
-        if not 0 < num_labeled < batch_size:
-            raise ConfigError(
-                f"a mixed batch of {batch_size} images per process needs 1..{batch_size - 1} labeled "
-                f"images; MGD.UNLABELED.LABELED_SHARE gives {num_labeled}. Change the share or the batch.",
-                key="MGD.UNLABELED.LABELED_SHARE",
-            )
-        self.labeled, self.pool = labeled, pool
-        self.offset, self.batch_size, self.num_labeled = num_labeled_dicts, batch_size, num_labeled
-
-    @property
-    def seed(self) -> int:
-        return self.labeled.seed
-
-    @seed.setter
-    def seed(self, value: int) -> None:
-        self.labeled.seed = value
-
-    def fast_forward(self, num_consumed: int) -> None:
-        batches, rest = divmod(int(num_consumed), self.batch_size)
-        labeled = batches * self.num_labeled + min(rest, self.num_labeled)
-        self.labeled.fast_forward(labeled)
-        self.pool.fast_forward(num_consumed - labeled)
-
-    def __iter__(self):
-        labeled, pool = iter(self.labeled), iter(self.pool)
-        while True:
-            for _ in range(self.num_labeled):
-                yield next(labeled)
-            for _ in range(self.batch_size - self.num_labeled):
-                yield self.offset + next(pool)
-
-
 def _pool_scores(cfg, model, pool_dicts: List[Dict]) -> Tuple[np.ndarray, bool]:
-    """(teacher scores of the pool, whether to sample uniformly): the same on every rank.
-
-    Every rank scores its share of the images missing from the on-disk cache (rank 0 writes
-    it). Scores that cannot rank the pool (a random or untrained teacher: all 0, or all
-    equal) give uniform sampling, with one warning.
-    """
-    if cfg.MGD.UNLABELED.SAMPLING == "uniform":
-        return np.ones(len(pool_dicts)), True
+    """(weights of the pool's images, whether to sample uniformly) by MGD.UNLABELED.SAMPLING:
+    the same on every rank (each scores its share of the images missing from the on-disk
+    cache; rank 0 writes it)."""
+    sampling = POOL_SAMPLINGS.get(cfg.MGD.UNLABELED.SAMPLING, key="MGD.UNLABELED.SAMPLING")
     teacher = getattr(model, "teacher", None)
-    if teacher is None:
-        raise ConfigError(
-            "preferential sampling of unlabeled images needs a teacher to score them; use an MGD "
-            "config, or set MGD.UNLABELED.SAMPLING uniform", key="MGD.UNLABELED.SAMPLING",
-        )
-    from mgd_det.modeling.teacher import build_teacher_cfg
+    teacher_cfg = None
+    if teacher is not None:
+        from mgd_det.modeling.teacher import build_teacher_cfg
 
-    result = score_unlabeled_from_cfg(cfg, teacher, build_teacher_cfg(cfg), pool_dicts)
-    reason = result.uninformative
-    if reason is not None:
-        logger.warning(
-            "Teacher scores carry no information (%s; score %r, detections >= %.3f): uniform sampling "
-            "instead of preferential. Check that MGD.TEACHER.WEIGHTS is a trained detector of the "
-            "pool's objects, or set MGD.UNLABELED.SAMPLING uniform.",
-            reason, result.score_kind, result.score_threshold,
-        )
-    return np.asarray(result.scores, dtype=np.float64), reason is not None
+        teacher_cfg = build_teacher_cfg(cfg)
+    return sampling(cfg, teacher, teacher_cfg, pool_dicts)
 
 
 def _mixed_loader(cfg, dataset, sampler, mapper, num_labeled: int, per_rank: int, seed: int):

@@ -7,7 +7,7 @@ from mgd_det.data.preferential_sampler import PreferentialSampler
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.engine.batch_observer import BatchObserver
 from mgd_det.engine.train_data import TrainData
-from mgd_det.engine.unlabeled_training import MixedBatchSampler
+from mgd_det.data.samplers import MixedBatchSampler
 from mgd_det.ground_truth import is_unlabeled
 
 

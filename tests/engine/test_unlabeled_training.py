@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mgd_det.engine.unlabeled_training import MixedBatchSampler
+from mgd_det.data.samplers import MixedBatchSampler
 from mgd_det.data.samplers import ResumableTrainingSampler
 from mgd_det.data.preferential_sampler import PreferentialSampler
 from test_resume import LOSS_RTOL, model_state, run
