@@ -8,6 +8,11 @@ training batch it prints the relative norm error ||fd - exact|| / ||exact|| and 
 
     python -m benchmarks.distpro_radius --dtype float64 --batches 3
     python -m benchmarks.distpro_radius --dtype float32 --batches 3
+    python -m benchmarks.distpro_radius --pathways "['AMP:res4:2e-6', 'KD:1.0']" [--no-hold]
+
+``--pathways`` replaces the config's MGD.PATHWAYS (e.g. with a focal KD pathway, whose detached
+focal weight the meta-step holds at w; ``--no-hold`` recomputes it at every probed point, as
+before that fix, to show the difference).
 
 ``hypergradients`` is also what ``tests/engine/test_distpro_meta_step.py`` checks.
 """
@@ -40,9 +45,12 @@ def tiny_detector(output_dir: str, teacher_weights: str, dtype=torch.float64, *o
     return trainer, hook
 
 
-def hypergradients(trainer, hook, batch, heldout, modes: Sequence) -> Dict:
+def hypergradients(trainer, hook, batch, heldout, modes: Sequence, hold: bool = True) -> Dict:
     """``{mode: hypergradient (float64 tensor)}`` for ``modes`` ("exact" or a radius), each
-    from logits 0 on the same batches, with the hook's loss functions and clipping."""
+    from logits 0 on the same batches, with the hook's loss functions and clipping; ``hold``
+    False gives the meta-step a HeldFactors the pathways do not read (factors recomputed)."""
+    from mgd_det.matching.held_factors import HeldFactors
+
     from detectron2.utils.events import EventStorage
 
     from mgd_det.matching.distpro import MetaWeightStep
@@ -56,7 +64,7 @@ def hypergradients(trainer, hook, batch, heldout, modes: Sequence) -> Dict:
         meta = MetaWeightStep(
             model, hook._train_losses, weighting, virtual_lr=trainer.cfg.SOLVER.BASE_LR,
             compute_heldout_losses=hook._heldout_losses, measure_heldout_before=False,
-            clipping=hook.meta.clipping, **kind,
+            clipping=hook.meta.clipping, held_factors=model.distiller.held_factors if hold else HeldFactors(), **kind,
         )
         weighting.logits.requires_grad_(True)
         try:
@@ -88,6 +96,8 @@ def main():
     parser.add_argument("--dtype", default="float64", choices=("float64", "float32"))
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--radii", type=float, nargs="+", default=RADII)
+    parser.add_argument("--pathways", help="MGD.PATHWAYS instead of the config's, e.g. \"['AMP:res4:2e-6', 'KD:1.0']\"")
+    parser.add_argument("--no-hold", action="store_true", help="recompute detached loss factors at the probed points")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(1)
@@ -105,10 +115,12 @@ def main():
         torch.manual_seed(0)
         teacher = os.path.join(tmp, "teacher.pth")
         torch.save({"model": build_model(teacher_cfg).state_dict()}, teacher)
-        trainer, hook = tiny_detector(os.path.join(tmp, "out"), teacher, getattr(torch, args.dtype))
-        print(f"dtype {args.dtype}; per radius: relative norm error / cosine against exact mode")
+        opts = ["MGD.PATHWAYS", args.pathways] if args.pathways else []
+        trainer, hook = tiny_detector(os.path.join(tmp, "out"), teacher, getattr(torch, args.dtype), *opts)
+        print(f"dtype {args.dtype}; pathways {hook.weighting.names}; factors held: {not args.no_hold}; "
+              "per radius: relative norm error / cosine against exact mode")
         for k, (batch, heldout) in enumerate(batches(trainer, hook, args.batches)):
-            result = hypergradients(trainer, hook, batch, heldout, ["exact", *args.radii])
+            result = hypergradients(trainer, hook, batch, heldout, ["exact", *args.radii], hold=not args.no_hold)
             exact = result.pop("exact")
             cells = [f"{r:g}: {e:.3f}/{c:.4f}" for r, (e, c) in ((r, errors(v, exact)) for r, v in result.items())]
             print(f"batch {k} |exact| {float(exact.norm()):.2e}  " + "  ".join(cells), flush=True)

@@ -23,7 +23,8 @@ and its best score per detected class (cached). The image score is then computed
 
 :func:`uninformative_reason` says when the scores cannot rank anything (too few non-zero,
 or all about equal, as with a random or untrained teacher); callers then sample uniformly
-and say so.
+and say so. For ``"rank"`` it judges the class evidence itself (``ImageScores.evidence``):
+percentiles always spread over (0, 1], even when they rank noise.
 
 Results are cached on disk per file identity and teacher identity (:mod:`.score_cache`):
 a rerun scores only new or changed files. With several processes each scores its share of
@@ -138,11 +139,15 @@ class ImageScores:
     num_cached: int = 0
     score_kind: str = "rank"
     score_threshold: float = 0.5  # the detection threshold the score used
+    # the teacher's raw per-image statistic the scores were made from (for "rank": the class
+    # evidence, whose percentiles always spread out); None: the scores themselves
+    evidence: Optional[np.ndarray] = None
 
     @property
     def uninformative(self) -> Optional[str]:
-        """Why these scores cannot rank the pool (None when they can)."""
-        return uninformative_reason(self.scores)
+        """Why these scores cannot rank the pool (None when they can), judged on the raw
+        evidence: percentiles of noise spread over [0, 1] yet carry nothing."""
+        return uninformative_reason(self.scores if self.evidence is None else self.evidence)
 
     def __len__(self) -> int:
         return len(self.scores)
@@ -371,10 +376,10 @@ def _top(v: Dict) -> np.ndarray:
     return np.asarray(v.get("top", [v["max"]] if v.get("max") else []), dtype=np.float64)
 
 
-ScoreKind = Callable[[Sequence[Dict], np.ndarray, np.ndarray, float, float], Tuple[np.ndarray, np.ndarray, float]]
 # How a pool's cached detections become one score per image (``MGD.UNLABELED.SCORE``): each
 # kind maps (cached values, readable flags, per-image max scores, threshold, quantile) to
-# (scores, counts of the detections that counted, the threshold used); first: the default.
+# (scores, counts of the detections that counted, the threshold used[, the raw statistic the
+# scores rank, when they are not that statistic themselves]); first: the default.
 SCORE_KINDS: Registry = Registry("relevance score kind")
 
 
@@ -388,7 +393,7 @@ def _rank_kind(values, readable, max_scores, threshold, quantile):
             best = _class_top(v)
             best = best[best >= RELATIVE_FLOOR]
             evidence[i], counts[i] = float(best.sum()), int(best.size)
-    return rank_scores(evidence), counts, RELATIVE_FLOOR
+    return rank_scores(evidence), counts, RELATIVE_FLOOR, evidence
 
 
 def _kept_mass(values, readable, max_scores, cut, tail=None, custom_mass=False):
@@ -437,8 +442,9 @@ def _collect(values: Sequence[Dict], score_kind: str, threshold: float = 0.5,
     for i, v in enumerate(values):
         if readable[i]:
             max_scores[i] = float(v["max"])
-    scores, counts, cut = SCORE_KINDS.get(score_kind)(values, readable, max_scores, threshold, quantile)
-    return ImageScores(scores, max_scores, counts, readable, score_kind=score_kind, score_threshold=cut)
+    scores, counts, cut, *evidence = SCORE_KINDS.get(score_kind)(values, readable, max_scores, threshold, quantile)
+    return ImageScores(scores, max_scores, counts, readable, score_kind=score_kind, score_threshold=cut,
+                       evidence=evidence[0] if evidence else None)
 
 
 def uninformative_reason(scores) -> Optional[str]:

@@ -244,7 +244,7 @@ class DistProHook(HookBase):
             model, self._train_losses, weighting, lr=distpro.LR, virtual_lr=distpro.VIRTUAL_LR or None,
             student_optimizer=student_optimizer, fd_radius=distpro.FD_RADIUS, mode=distpro.HYPERGRADIENT,
             compute_heldout_losses=self._heldout_losses, measure_heldout_before=False,
-            clipping=gradient_clipping(cfg),
+            clipping=gradient_clipping(cfg), held_factors=model.distiller.held_factors,
         )
         self.heldout = HeldOutBatches(cfg, heldout_dicts, seed=split_seed(cfg))
         self.record = TrajectoryRecord(weighting.names, weighting.reference.tolist(), cfg.SOLVER.MAX_ITER, self.period)

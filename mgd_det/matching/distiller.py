@@ -24,6 +24,7 @@ from ._checks import repeated
 from .assignment import solve_assignment
 from .background_solve import SolveJob
 from .families import BuildContext, build_pathway, reads_head
+from .held_factors import HeldFactors
 from .matcher import ChannelMatcher
 from .outputs import NetOutputs, TeacherOutput
 from .pathways import PathwaySpec
@@ -66,7 +67,9 @@ class PathwayDistiller(nn.Module):
         self.specs = specs
         self.matchers = nn.ModuleDict()
         self.pathways = nn.ModuleDict()
-        context = BuildContext(channels, num_classes, self.matchers, dict(option_defaults or {}))
+        # detached factors of the losses (KD's focal weight), held by DistPro's meta-step
+        self.held_factors = HeldFactors()
+        context = BuildContext(channels, num_classes, self.matchers, dict(option_defaults or {}), self.held_factors)
         for spec in specs:
             self.pathways[spec.name] = build_pathway(spec, context)
         self.weighting = weighting if weighting is not None else ConstantWeighting({s.name: s.factor for s in specs})

@@ -7,11 +7,14 @@ BOX losses normalise by the teacher's *foreground mass* instead (as RetinaNet no
 focal loss by the number of foreground anchors): a sum of ``sigmoid(logit / tau)`` of the
 teacher, where the foreground temperature ``tau`` < 1 sharpens the teacher's probability
 towards the indicator of p >= 0.5 (the KD family sums it over every anchor x class element,
-the BOX family over anchors, of each anchor's largest logit).
+the BOX family over anchors, of each anchor's largest logit). Both divide by the mass
+*averaged over processes* (:func:`mean_over_processes`), so a data-parallel run's averaged
+gradient is the union batch's, whatever the number of processes.
 """
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 
 # tau of the foreground weight sigmoid(logit / tau): 1 is the teacher's probability itself,
 # 0.1 maps p = 0.3 to 2e-4, p = 0.45 to 0.12, p = 0.55 to 0.88 and p = 0.7 to 1: close to the
@@ -27,3 +30,17 @@ def foreground_weight(teacher_logits: torch.Tensor, temperature: float = FOREGRO
     caller's option, checked where it was set.
     """
     return torch.sigmoid(teacher_logits.detach().float() / temperature)
+
+
+def mean_over_processes(mass: torch.Tensor) -> torch.Tensor:
+    """A detached normaliser averaged over the processes of a distributed run (no host read).
+
+    Each process's loss divides by the *mean* mass, so the average of the processes'
+    gradients equals the gradient of the union batch divided by the union's mass, as on one
+    process (the normaliser is a detached constant, like RetinaNet's foreground count).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return mass
+    mass = mass.detach().clone()
+    dist.all_reduce(mass)
+    return mass / dist.get_world_size()

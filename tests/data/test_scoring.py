@@ -299,3 +299,20 @@ def test_scoring_is_sharded_over_processes_and_cached_once(folder, tmp_path):
     np.testing.assert_allclose(ranks[0]["scores"].numpy(), single.scores, atol=1e-6)
     cached = ScoreCache(cache_file, "same-teacher")
     assert len(cached.entries) == 7, "rank 0 wrote every process's values"
+
+
+def test_rank_is_judged_uninformative_on_the_raw_evidence_not_on_its_percentiles():
+    """1,000 images whose class evidence differs by 1e-6: the percentiles spread over (0, 1],
+    yet rank noise; "max" already said so, "rank" says so too."""
+    from mgd_det.data.scoring import _collect
+
+    noise = 0.5 + 1e-6 * np.random.default_rng(0).random(1000)
+    values = [{"readable": True, "max": x, "class_top": [x], "top": [x]} for x in noise.tolist()]
+    rank, best = _collect(values, "rank"), _collect(values, "max")
+    assert float(np.nanmax(rank.scores) - np.nanmin(rank.scores)) > 0.9  # percentiles always spread
+    assert "about equal" in best.uninformative
+    assert "about equal" in rank.uninformative
+    assert rank.evidence is not None and np.allclose(rank.evidence, [v["class_top"][0] for v in values])
+    # real differences in evidence still rank
+    values[10]["class_top"], values[20]["class_top"] = [0.9], [0.2]
+    assert _collect(values, "rank").uninformative is None

@@ -12,7 +12,8 @@ from torch.nn.parallel import DistributedDataParallel
 from mgd_det.matching import NetOutputs, PathwayDistiller, PathwaySpec, TeacherOutput
 
 CHANNELS = {"c3": (3, 6), "c4": (3, 3)}
-SPECS = [PathwaySpec("AMP", "c3", 0.1), PathwaySpec("PKD", "c4", 2.0), PathwaySpec("KD", factor=0.5)]
+SPECS = [PathwaySpec("AMP", "c3", 0.1), PathwaySpec("PKD", "c4", 2.0), PathwaySpec("KD", factor=0.5),
+         PathwaySpec("BOX", factor=0.7)]
 
 
 class TinyStudent(nn.Module):
@@ -23,12 +24,14 @@ class TinyStudent(nn.Module):
         self.c3 = nn.Conv2d(2, 3, 3, padding=1)
         self.c4 = nn.Conv2d(3, 3, 3, padding=1)
         self.cls = nn.Conv2d(3, 4, 1)
-        self.distiller = PathwayDistiller(SPECS, CHANNELS, option_defaults={"student_norm": "GN", "norm_groups": 1})
+        self.box = nn.Conv2d(3, 4, 1)
+        self.distiller = PathwayDistiller(SPECS, CHANNELS, num_classes=4,
+                                          option_defaults={"student_norm": "GN", "norm_groups": 1})
 
     def forward(self, images, teacher: TeacherOutput):
         c3 = self.c3(images)
         c4 = self.c4(torch.relu(c3))
-        out = NetOutputs({"c3": c3, "c4": c4}, logits=[self.cls(c4)], box_deltas=[c4])
+        out = NetOutputs({"c3": c3, "c4": c4}, logits=[self.cls(c4)], box_deltas=[self.box(c4)])
         return sum(self.distiller(out, teacher).values())
 
 
@@ -37,8 +40,10 @@ def union_batch():
     images = torch.randn(4, 2, 6, 6, generator=gen)
     teacher = TeacherOutput(
         {"c3": torch.randn(4, 6, 6, 6, generator=gen), "c4": torch.randn(4, 3, 6, 6, generator=gen)},
-        logits=[torch.randn(4, 4, 6, 6, generator=gen)], box_deltas=[torch.randn(4, 3, 6, 6, generator=gen)],
+        logits=[torch.randn(4, 4, 6, 6, generator=gen)], box_deltas=[torch.randn(4, 4, 6, 6, generator=gen)],
     )
+    # one image the teacher is sure of, on rank 0's share: the ranks' foreground masses differ
+    teacher.logits[0][0, :, :3] += 6.0
     return images, teacher
 
 
@@ -80,7 +85,7 @@ def test_distillation_gradient_is_the_same_on_2_processes_as_on_their_union(tmp_
     single = make_model()
     single(images, teacher).backward()
     expected = gradients(single)
-    assert {"c3.weight", "c4.weight", "cls.weight"} <= set(expected)
+    assert {"c3.weight", "c4.weight", "cls.weight", "box.weight"} <= set(expected)
     for rank in range(2):
         got = torch.load(tmp_path / f"grad{rank}.pt")
         assert sorted(got) == sorted(expected)

@@ -59,6 +59,7 @@ from torch import nn
 
 from ._common import check_same_names
 from ._snapshot import BufferSnapshot, ForwardStart, ParameterSnapshot
+from ..held_factors import HeldFactors
 from .clipping import GradientClipping
 from .learned import LearnedWeighting
 
@@ -98,9 +99,14 @@ def _average_across_ranks(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def _finite(*scalars: torch.Tensor) -> bool:
-    """Whether every scalar is finite (one host synchronisation)."""
-    return bool(torch.isfinite(torch.stack([x.reshape(()).double() for x in scalars])).all())
+def _finite_on_every_rank(*scalars: torch.Tensor) -> bool:
+    """Whether every scalar is finite on every process (one host synchronisation; one
+    all-reduce when distributed): the decision that lets all ranks skip the same forwards."""
+    finite = torch.isfinite(torch.stack([x.reshape(()).double() for x in scalars])).all().to(torch.int32)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(finite, op=dist.ReduceOp.MIN)
+    return bool(finite)
 
 
 def _grads(loss: torch.Tensor, params: Sequence[torch.Tensor], **kwargs) -> List[torch.Tensor]:
@@ -135,6 +141,9 @@ class MetaWeightStep:
         measure_heldout_before: also evaluate L_val at w (one extra forward) for the stats.
         clipping: the student optimizer's gradient clipping, applied in the virtual step
             (``clipping.py``); None: the optimizer does not clip.
+        held_factors: the distiller's :class:`~mgd_det.matching.held_factors.HeldFactors`: the
+            detached factors of the losses (KD's focal weight) are recorded at w and replayed at
+            ``w +- eps u``, so the finite difference differentiates what training does.
     """
 
     def __init__(
@@ -153,6 +162,7 @@ class MetaWeightStep:
         compute_heldout_losses: Optional[Callable[[Any], LossDict]] = None,
         measure_heldout_before: bool = True,
         clipping: Optional[GradientClipping] = None,
+        held_factors: Optional[HeldFactors] = None,
     ):
         if isinstance(student, nn.parallel.DistributedDataParallel):
             raise ValueError("MetaWeightStep: pass the unwrapped student (ddp_model.module)")
@@ -182,6 +192,7 @@ class MetaWeightStep:
         self.mode = mode
         self.measure_heldout_before = measure_heldout_before
         self.clipping = clipping
+        self._held_factors = held_factors if held_factors is not None else HeldFactors()
         self.optimizer = torch.optim.Adam(
             [weighting.logits], lr=lr, betas=betas, weight_decay=weight_decay
         )
@@ -228,7 +239,8 @@ class MetaWeightStep:
         heldout_before, epsilon = None, 0.0
         try:
             start.reset()
-            train_loss, grads = self._train_gradient(train_batch, params)
+            with self._held_factors.recording():
+                train_loss, grads = self._train_gradient(train_batch, params)
             if self.measure_heldout_before:
                 start.reset()
                 with torch.no_grad():
@@ -240,8 +252,10 @@ class MetaWeightStep:
             v = _grads(heldout_after, params)
             heldout_after = heldout_after.detach()
             weights_snapshot.restore()
-            if not _finite(heldout_after, train_loss):
-                # Nothing to learn from: NaN, so that every rank skips (the average is NaN too).
+            if not _finite_on_every_rank(heldout_after, train_loss):
+                # Nothing to learn from on some rank: every rank skips the forwards below (they
+                # may reduce across processes, e.g. the KD normaliser, so all ranks run them or
+                # none does) and the update (NaN hypergradient).
                 hypergradient = torch.full_like(self.weighting.logits, math.nan)
             else:
                 u = [lr * g for lr, g in zip(lrs, v)]  # xi v, per parameter
@@ -338,17 +352,19 @@ class MetaWeightStep:
         """``-J^T (d(w + eps u) - d(w - eps u)) / (2 eps)`` with ``eps = fd_radius / ||u||``."""
         logits = self.weighting.logits
         norm = float(torch.sqrt(sum((x.double() ** 2).sum() for x in u)))
-        if norm == 0.0:
-            logger.warning("Meta-step: the held-out gradient is zero or every LR is 0; no update")
-            return torch.zeros_like(logits), 0.0
-        epsilon = self.fd_radius / norm
-        with torch.no_grad():
+        # With u = 0 this rank learns nothing, but still runs both forwards (at w): other ranks
+        # may be running theirs, which can reduce across processes.
+        epsilon = self.fd_radius / norm if norm > 0.0 else 0.0
+        with torch.no_grad(), self._held_factors.replaying():
             distill = []
             for sign in (1.0, -1.0):
                 snapshot.step(u, [sign * epsilon] * len(u))
                 start.reset()
                 distill.append(self._distill_vector(batch))
             snapshot.restore()
+        if norm == 0.0:
+            logger.warning("Meta-step: the held-out gradient is zero or every LR is 0; no update")
+            return torch.zeros_like(logits), 0.0
         difference = (distill[0] - distill[1]) / (2.0 * epsilon)
         (hypergradient,) = torch.autograd.grad(
             self.weighting.weight_vector(), logits, grad_outputs=-difference

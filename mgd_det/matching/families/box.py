@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ...errors import ConfigError
-from ..foreground import FOREGROUND_TEMPERATURE, foreground_weight
+from ..foreground import FOREGROUND_TEMPERATURE, foreground_weight, mean_over_processes
 from ..options import number
 from ..pathways import Pathway, PathwaySpec
 from .registry import BuildContext, register_family
@@ -30,8 +30,8 @@ class OutputBoxPathway(Pathway):
     teacher's largest class logit (sharpened by ``fg_temperature``; at 1 it is the largest
     class probability, which left most of the weight on the many anchors below 0.5), so
     background anchors, where the teacher's box output means nothing, barely count; the loss
-    is the weighted sum over anchors divided by the teacher's foreground mass (a weighted
-    mean; at least 1).
+    is the weighted sum over anchors divided by the teacher's foreground mass averaged over
+    processes (a weighted mean; at least 1).
     """
 
     def __init__(self, spec: PathwaySpec, num_classes: int, beta: float = 0.1,
@@ -56,7 +56,7 @@ class OutputBoxPathway(Pathway):
             err = F.smooth_l1_loss(s_boxes.float(), t_boxes.float(), beta=self.beta, reduction="none").sum(dim=2)
             total = total + (err * weight).sum()
             weight_sum = weight_sum + weight.sum()
-        return total / weight_sum.clamp(min=1.0)
+        return total / mean_over_processes(weight_sum).clamp(min=1.0)
 
 
 @register_family("BOX", options=OPTIONS, reads_head=True)

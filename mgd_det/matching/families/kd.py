@@ -22,13 +22,13 @@ Detectron2 side their defaults are ``MGD.KD.TEMPERATURE``, ``FOREGROUND_TEMPERAT
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 
-from ..foreground import FOREGROUND_TEMPERATURE, foreground_weight
+from ..foreground import FOREGROUND_TEMPERATURE, foreground_weight, mean_over_processes
+from ..held_factors import HeldFactors
 from ..options import number
 from ..pathways import Pathway, PathwaySpec
 from .registry import BuildContext, register_family
@@ -75,6 +75,8 @@ def dense_kd_loss(
     temperature: float,
     fg_temperature: float = FOREGROUND_TEMPERATURE,
     focal_gamma: float = FOCAL_GAMMA,
+    held: Optional[HeldFactors] = None,
+    held_key: str = "kd",
 ) -> torch.Tensor:
     """Focal sigmoid KD over dense logits (one (N, A*C, H, W) tensor per level), normalised by
     the teacher's foreground mass.
@@ -85,35 +87,24 @@ def dense_kd_loss(
     divided by the foreground mass ``sum sigmoid(t / fg_temperature)`` over every element,
     averaged over processes and at least the number of images (a batch where the teacher sees
     nothing counts as one object per image). ``focal_gamma`` 0 is the plain KL sum, computed
-    without the weight. The temperatures and gamma are the family's checked options.
+    without the weight. The temperatures and gamma are the family's checked options. ``held``
+    (:mod:`~mgd_det.matching.held_factors`) supplies the focal weights, under ``(held_key,
+    level)``, when DistPro's meta-step holds them at its base point.
     """
     if len(student_logits) != len(teacher_logits) or not student_logits:
         raise ValueError(f"expected one student and one teacher tensor per level, got "
                          f"{len(student_logits)} and {len(teacher_logits)}")
     total, mass = 0.0, 0.0
-    for s, t in zip(student_logits, teacher_logits):
+    for level, (s, t) in enumerate(zip(student_logits, teacher_logits)):
         if s.shape != t.shape:
             raise ValueError(f"student and teacher logits differ in shape: {tuple(s.shape)} vs {tuple(t.shape)}")
         kl = bernoulli_kl(s, t, temperature)
         if focal_gamma:
-            kl = kl * focal_weight(s, t, temperature, focal_gamma)
+            weight = (lambda s=s, t=t: focal_weight(s, t, temperature, focal_gamma))
+            kl = kl * (held.factor((held_key, level), weight) if held is not None else weight())
         total = total + kl.sum()
         mass = mass + foreground_weight(t, fg_temperature).sum()
     return total / mean_over_processes(mass).clamp(min=float(student_logits[0].shape[0]))
-
-
-def mean_over_processes(mass: torch.Tensor) -> torch.Tensor:
-    """A detached normaliser averaged over the processes of a distributed run (no host read).
-
-    Each process's loss divides by the *mean* mass, so the average of the processes'
-    gradients equals the gradient of the union batch divided by the union's mass, as on one
-    process (the normaliser is a detached constant, like RetinaNet's foreground count).
-    """
-    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
-        return mass
-    mass = mass.detach().clone()
-    dist.all_reduce(mass)
-    return mass / dist.get_world_size()
 
 
 class OutputKDPathway(Pathway):
@@ -123,18 +114,20 @@ class OutputKDPathway(Pathway):
     student matches the teacher."""
 
     def __init__(self, spec: PathwaySpec, temperature: float = 1.0, fg_temperature: float = FOREGROUND_TEMPERATURE,
-                 focal_gamma: float = FOCAL_GAMMA):
+                 focal_gamma: float = FOCAL_GAMMA, held: Optional[HeldFactors] = None):
         super().__init__(spec)
         self.temperature = float(temperature)
         self.fg_temperature = float(fg_temperature)
         self.focal_gamma = float(focal_gamma)
+        self.held = held
 
     def forward(self, student, teacher, teacher_features):
         student.require_head("student", f"pathway {self.name!r}")
         teacher.require_head("teacher", f"pathway {self.name!r}")
-        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature, self.focal_gamma)
+        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature, self.focal_gamma,
+                             held=self.held, held_key=self.name)
 
 
 @register_family("KD", options=OPTIONS, reads_head=True)
 def build_kd(spec: PathwaySpec, ctx: BuildContext, options) -> Pathway:
-    return OutputKDPathway(spec, **options)
+    return OutputKDPathway(spec, **options, held=ctx.held_factors)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ...errors import ConfigError
 from ...registry import Registry
+from ..held_factors import HeldFactors
 from ..options import Option, parse_option, resolve_options
 from ..pathways import Pathway, PathwaySpec
 
@@ -36,6 +37,8 @@ class BuildContext:
     # defaults of family options by option name (e.g. {"temperature": 2.0}); each family
     # reads the ones it declares
     option_defaults: Mapping[str, Any] = field(default_factory=dict)
+    # detached, student-dependent factors of the losses, held during DistPro's probes
+    held_factors: HeldFactors = field(default_factory=HeldFactors)
 
     def feature_channels(self, spec: PathwaySpec) -> Tuple[int, int]:
         """(student, teacher) channels at the spec's position."""
