@@ -56,3 +56,17 @@ def test_logits_identical_on_every_rank(tmp_path, tiny_cfg):
         assert torch.equal(ranks[0][key], ranks[1][key]), key  # bitwise: same averaged hypergradient
     assert ranks[0]["weights"].shape == (2, 6)
     assert not set(ranks[0]["heldout_ids"]) & set(ranks[1]["heldout_ids"])  # each rank its own share
+
+
+@pytest.mark.slow
+def test_kd_and_box_pathways_learned_on_two_processes(tmp_path, tiny_cfg):
+    """Output pathways reduce their normalisers across processes inside every forward, the
+    meta-step's included: both ranks run the same forwards and end with the same weights."""
+    cfg = tiny_cfg("mgd_retinanet_R50_R18_distpro.yaml", tmp_path, *OPTS,
+                   "MGD.PATHWAYS", "['AMP:res4:2e-6', 'KD:1.0', 'BOX:1.0']")
+    launch_processes(_worker, WORLD, dist_url="auto", args=(cfg,), device=cfg.MODEL.DEVICE)
+    ranks = [torch.load(tmp_path / f"distpro_rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    assert ranks[0]["weights"].shape == (2, 3) and torch.isfinite(ranks[0]["weights"]).all()
+    assert (ranks[0]["logits"] != 0).all()
+    for key in ("logits", "weights", "exp_avg"):
+        assert torch.equal(ranks[0][key], ranks[1][key]), key
