@@ -85,8 +85,13 @@ class PathwayDistiller(nn.Module):
 
     @property
     def positions(self) -> List[str]:
-        """Every feature position some pathway reads, in first-use order."""
+        """Every student feature position some pathway reads, in first-use order."""
         return list(dict.fromkeys(s.position for s in self.specs if s.position))
+
+    @property
+    def teacher_positions(self) -> List[str]:
+        """Every teacher feature position some pathway reads, in first-use order."""
+        return list(dict.fromkeys(s.source for s in self.specs if s.source))
 
     @property
     def needs_head(self) -> bool:
@@ -121,8 +126,8 @@ class PathwayDistiller(nn.Module):
 
     def raw_losses(self, student: NetOutputs, teacher: TeacherOutput) -> Dict[str, torch.Tensor]:
         """``{pathway name: unweighted per-image loss}`` (what a learned weighting needs)."""
-        self._check_positions(student.features, "student")
-        self._check_positions(teacher.features, "teacher")
+        self._check_positions(student.features, "student", self.positions)
+        self._check_positions(teacher.features, "teacher", self.teacher_positions)
         teacher_features = teacher.features_for(student.features)
         return {name: pathway(student, teacher, teacher_features) for name, pathway in self.pathways.items()}
 
@@ -130,8 +135,9 @@ class PathwayDistiller(nn.Module):
         """The weighting applied to raw pathway losses, keyed ``loss_<pathway>``."""
         return {f"loss_{name}": loss for name, loss in self.weighting(raw).items()}
 
-    def _check_positions(self, feats: Mapping[str, torch.Tensor], side: str) -> None:
-        missing = [p for p in self.positions if p not in feats]
+    @staticmethod
+    def _check_positions(feats: Mapping[str, torch.Tensor], side: str, positions: Sequence[str]) -> None:
+        missing = [p for p in positions if p not in feats]
         if missing:
             raise ConfigError(f"{side} features lack position(s) {missing} read by the pathways; got {sorted(feats)}")
 

@@ -55,15 +55,25 @@ class TeacherOutput(NetOutputs):
     canvas: Optional[Canvas] = None
 
     def features_for(self, student_features: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
-        """The teacher features, each cropped to the student's map where padding explains it."""
+        """The teacher features, each cropped to the student's map where padding explains it;
+        a position the student is not tapped at (a connection across positions) to the
+        student's canvas at that map's stride."""
         if self.canvas is None:
             return dict(self.features)
         return {
             name: crop_to_student(feat, student_features[name].shape[-2:], self.canvas)
             if name in student_features
-            else feat
+            else crop_to_canvas(feat, self.canvas)
             for name, feat in self.features.items()
         }
+
+
+def crop_to_canvas(teacher_feat: torch.Tensor, canvas: Canvas) -> torch.Tensor:
+    """The part of a teacher map that covers the student's canvas: at the map's stride ``s``
+    (teacher canvas / map size) ``ceil(student canvas / s)`` rows and columns."""
+    hw = tuple(teacher_feat.shape[-2:])
+    keep = tuple(-(-sc * m // tc) for sc, m, tc in zip(canvas.student, hw, canvas.teacher))
+    return teacher_feat if keep == hw else teacher_feat[..., : keep[0], : keep[1]]
 
 
 def crop_to_student(teacher_feat: torch.Tensor, student_hw, canvas: Canvas) -> torch.Tensor:

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, Mapping, Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .outputs import NetOutputs, TeacherOutput
@@ -32,12 +33,15 @@ from ..errors import ConfigError
 
 @dataclass(frozen=True)
 class PathwaySpec:
-    """What a pathway distils: family, position (None for head families), reference factor,
-    and the options of its family set by this entry (the rest take their defaults).
+    """What a pathway distils: family, the student's position (None for head families), the
+    teacher's position when it differs (a connection across positions, e.g. student ``res4``
+    from teacher ``res5``), reference factor, and the options of its family set by this entry
+    (the rest take their defaults).
 
-    ``name`` defaults to ``<family>_<position>`` in lower case (``kd`` / ``box`` for head
-    families); it names the loss (``loss_<name>``), the weight and the log entries. Whether
-    the family exists and takes a position is checked when the pathway is read or built
+    ``name`` defaults to ``<family>_<position>`` in lower case, ``<family>_<student
+    position>_<teacher position>`` across positions (``kd`` / ``box`` for head families); it
+    names the loss (``loss_<name>``), the weight and the log entries. Whether the family exists
+    and takes these positions is checked when the pathway is read or built
     (:mod:`mgd_det.matching.families`).
     """
 
@@ -46,22 +50,46 @@ class PathwaySpec:
     factor: float = 1.0
     name: str = ""
     options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    teacher_position: Optional[str] = None
 
     def __post_init__(self):
         if not isinstance(self.family, str) or not self.family:
             raise ConfigError(f"a pathway needs a family name; got {self.family!r}")
         if not (self.factor >= 0 and self.factor < float("inf")):
             raise ConfigError(f"pathway {self.family}:{self.position}: factor must be finite and >= 0; got {self.factor}")
+        if self.teacher_position == self.position:
+            object.__setattr__(self, "teacher_position", None)
         if not self.name:
-            default = self.family.lower() + (f"_{self.position}" if self.position else "")
+            default = self.family.lower() + "".join(f"_{p}" for p in (self.position, self.teacher_position) if p)
             object.__setattr__(self, "name", default)
         if not self.name.isidentifier():
             raise ConfigError(f"pathway name {self.name!r} must be an identifier (it names losses and weights)")
         object.__setattr__(self, "options", dict(self.options))
 
+    @property
+    def source(self) -> Optional[str]:
+        """The teacher's position this pathway reads (the student's unless it names another)."""
+        return self.teacher_position or self.position
+
+    @property
+    def crosses(self) -> bool:
+        """Whether student and teacher positions differ."""
+        return self.teacher_position is not None
+
     def with_options(self, options: Mapping[str, Any]) -> "PathwaySpec":
         """This spec with ``options`` set on top of its own."""
         return dataclasses.replace(self, options={**self.options, **options})
+
+
+def align_to_student(teacher_map: torch.Tensor, student_hw) -> torch.Tensor:
+    """The teacher's map resized to the student's spatial size (bilinear; antialiased when it
+    shrinks), for transforms that compare maps of different strides; unchanged when equal."""
+    student_hw = tuple(int(x) for x in student_hw)
+    if tuple(teacher_map.shape[-2:]) == student_hw:
+        return teacher_map
+    shrinks = any(t > s for t, s in zip(teacher_map.shape[-2:], student_hw))
+    return F.interpolate(teacher_map.float(), size=student_hw, mode="bilinear", align_corners=False,
+                         antialias=shrinks)
 
 
 class Pathway(nn.Module):

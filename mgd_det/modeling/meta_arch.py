@@ -92,12 +92,14 @@ class MGDDistiller(nn.Module):
             self.teacher_sha256.copy_(_digest_tensor(file_sha256(cfg.MGD.TEACHER.WEIGHTS)))
 
         positions = list(dict.fromkeys(s.position for s in specs if s.position))
+        sources = list(dict.fromkeys(s.source for s in specs if s.source))  # the teacher's positions
         self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
-        self.teacher_taps = FeatureTaps(self._teacher.backbone, positions, "teacher")
+        self.teacher_taps = FeatureTaps(self._teacher.backbone, sources, "teacher")
         if any(reads_head(s.family) for s in specs):
             self._check_heads_compatible()
         self.distiller = build_pathway_distiller(  # the MGD.* keys; errors name them
-            cfg, specs, {p: (self.student_taps.channels(p), self.teacher_taps.channels(p)) for p in positions},
+            cfg, specs, {p: (self.student_taps.channels(p) if p in positions else 0,
+                             self.teacher_taps.channels(p) if p in sources else 0) for p in positions + sources},
             num_classes=getattr(self.student, "num_classes", 0), weighting=build_loss_weighting(cfg, specs),
         ).to(self.student.device)
         # What the teacher runs each step: its ResNet alone unless an FPN position or a head
@@ -255,10 +257,11 @@ class MGDDistiller(nn.Module):
         stops, to name the position where a NaN/Inf loss came from.
         """
         flags = {}
+        # One reduction per map: a NaN/Inf anywhere makes the sum non-finite (finite features
+        # of any sane magnitude cannot overflow float32 when summed).
         for name in student_feats:
-            # One reduction per map: a NaN/Inf anywhere makes the sum non-finite (finite
-            # features of any sane magnitude cannot overflow float32 when summed).
             flags[f"student {name}"] = ~torch.isfinite(student_feats[name].detach().sum())
+        for name in teacher_feats:
             flags[f"teacher {name}"] = ~torch.isfinite(teacher_feats[name].sum())
         return flags
 

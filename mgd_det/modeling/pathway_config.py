@@ -18,7 +18,7 @@ from mgd_det.errors import ConfigError
 from mgd_det.matching import REDUCERS
 from mgd_det.matching._checks import repeated
 from mgd_det.matching.distiller import PathwayDistiller, mgd_pathway_specs
-from mgd_det.matching.families import check_spec, declared_option, parse_pathway
+from mgd_det.matching.families import check_spec, declared_option, parse_pathways
 from mgd_det.matching.options import OptionError
 from mgd_det.matching.pathways import PathwaySpec
 from mgd_det.matching.weighting import LossWeighting
@@ -77,18 +77,21 @@ def _read_pathways(cfg: CfgNode) -> Tuple[List[PathwaySpec], List[str]]:
     if mgd.PATHWAYS:
         for text in mgd.PATHWAYS:
             try:
-                spec = parse_pathway(text)
+                entry_specs = parse_pathways(text)
             except OptionError as err:
                 problems.append(_option_problem(err, text)[1])
                 continue
             except (ValueError, TypeError) as err:
                 problems.append(f"MGD.PATHWAYS entry {text!r}: {err}")
                 continue
-            if spec.position is not None and spec.position not in VALID_POSITIONS:
-                problems.append(f"MGD.PATHWAYS entry {text!r}: unknown position {spec.position!r}; "
+            unknown = sorted({p for s in entry_specs for p in (s.position, s.teacher_position)
+                              if p is not None and p not in VALID_POSITIONS})
+            if unknown:
+                problems.append(f"MGD.PATHWAYS entry {text!r}: unknown position {', '.join(map(repr, unknown))}; "
                                 f"valid: {', '.join(VALID_POSITIONS)}")
-            _checked(spec, defaults, text, problems)
-            specs.append(spec)
+            for spec in entry_specs:
+                _checked(spec, defaults, text, problems)
+            specs.extend(entry_specs)
         duplicates = repeated(s.name for s in specs)
         if duplicates:
             problems.append(f"MGD.PATHWAYS names {duplicates} more than once: name them, e.g. 'amp4=AMP:res4:2e-6'")

@@ -244,3 +244,27 @@ def test_meta_step_leaves_the_student_and_the_training_stream_as_they_were(tmp_p
         assert torch.equal(after["torch"], rng["torch"]) and torch.equal(after["numpy"]["keys"], rng["numpy"]["keys"])
         assert np.random.get_state()[2] == rng["numpy"]["pos"]
         assert {k: len(h.values()) for k, h in storage.histories().items() if not k.startswith("distpro/")} == counts
+
+
+@pytest.mark.slow
+def test_a_connection_set_from_one_entry_is_learned_and_replayed(tmp_path, tiny_cfg):
+    """configs/.../mgd_retinanet_R50_R18_distpro_connections.yaml: 9 AT connections (every
+    teacher stage res3-res5 to every student stage) + 2 MGD pathways, one learned weight each;
+    the trajectory replays with the _replay config."""
+    learned_dir, replay_dir = tmp_path / "learned", tmp_path / "replay"
+    cfg = tiny_cfg("mgd_retinanet_R50_R18_distpro_connections.yaml", learned_dir, *OPTS,
+                   "SOLVER.MAX_ITER", "2", "MGD.DISTPRO.PERIOD", "1")
+    trainer = train(cfg)
+    names = trainer.unwrapped_model.distiller.pathway_names
+    assert len(names) == 11 and {"at_res3_res5", "at_res5_res3", "at_res4", "amp_res5"} <= set(names)
+    assert trainer.unwrapped_model.teacher_taps.positions == trainer.unwrapped_model.student_taps.positions
+    trajectory = json.loads((learned_dir / TRAJECTORY_FILE).read_text())
+    assert trajectory["names"] == list(names) and len(trajectory["weights"]) == 2
+    records = [json.loads(line) for line in (learned_dir / "metrics.json").read_text().splitlines()]
+    assert all(np.isfinite(r["loss_at_res3_res5"]) for r in records if "loss_at_res3_res5" in r)
+    cfg = tiny_cfg("mgd_retinanet_R50_R18_distpro_connections_replay.yaml", replay_dir, *OPTS,
+                   "MGD.DISTPRO.TRAJECTORY", str(learned_dir / TRAJECTORY_FILE), "SOLVER.MAX_ITER", "2",
+                   "SOLVER.STEPS", "()")
+    replayed = train(cfg)
+    assert isinstance(replayed.unwrapped_model.distiller.weighting, ReplayWeighting)
+    assert replayed.unwrapped_model.distiller.pathway_names == names

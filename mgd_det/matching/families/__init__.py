@@ -1,4 +1,5 @@
-"""Pathway families, one module each: MGD's reducers (``mgd``), ``pkd``, ``kd``, ``box``.
+"""Pathway families, one module each: MGD's reducers (``mgd``), ``pkd``, ``attention`` (AT),
+``kd``, ``box``.
 
 A family module holds its loss, its :class:`~mgd_det.matching.pathways.Pathway`, its options
 and one ``@register_family`` line (see :mod:`.registry`); importing this package registers the
@@ -15,10 +16,11 @@ from .registry import (
     family,
     family_names,
     parse_pathway,
+    parse_pathways,
     reads_head,
     register_family,
 )
-from . import mgd, pkd, kd, box  # noqa: E402,F401  (registers the built-in families)
+from . import mgd, pkd, attention, kd, box  # noqa: E402,F401  (registers the built-in families)
 
 __all__ = ["FAMILIES", "BuildContext", "PathwayFamily", "build_pathway", "check_spec", "declared_option", "family", "family_names",
-           "parse_pathway", "reads_head", "register_family"]
+           "parse_pathway", "parse_pathways", "reads_head", "register_family"]

@@ -3,6 +3,8 @@
 Each channel map is standardised per image on both sides and compared by mean squared error
 (= 2·(1 − Pearson correlation)). Needs no matching; a 1×1 connector maps the student to the
 teacher's width only where the widths differ. Suits FPN outputs, whose scale is arbitrary.
+Across positions (student ``p3`` from teacher ``p4``) the teacher's map is first resized to the
+student's (:func:`~mgd_det.matching.pathways.align_to_student`).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import torch
 from torch import nn
 
 from .._checks import check_feature_pair
-from ..pathways import Pathway, PathwaySpec
+from ..pathways import Pathway, PathwaySpec, align_to_student
 from .registry import BuildContext, register_family
 
 
@@ -35,12 +37,14 @@ class StandardizedFeaturePathway(Pathway):
         )
 
     def forward(self, student, teacher, teacher_features):
-        s, t = student.features[self.spec.position], teacher_features[self.spec.position]
+        s, t = student.features[self.spec.position], teacher_features[self.spec.source]
+        if self.spec.crosses:
+            t = align_to_student(t, s.shape[-2:])
         check_feature_pair(s, t, self.student_channels, self.teacher_channels, f"pathway {self.name!r}")
         diff = standardise(self.connector(s)) - standardise(t.detach())
         return diff.pow(2).mean(dim=(1, 2, 3)).sum() / s.shape[0]
 
 
-@register_family("PKD")
+@register_family("PKD", cross_position=True)
 def build_pkd(spec: PathwaySpec, ctx: BuildContext, options) -> Pathway:
     return StandardizedFeaturePathway(spec, *ctx.feature_channels(spec))

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Mapping, Tuple
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from torch import nn
 
@@ -41,10 +41,11 @@ class BuildContext:
     held_factors: HeldFactors = field(default_factory=HeldFactors)
 
     def feature_channels(self, spec: PathwaySpec) -> Tuple[int, int]:
-        """(student, teacher) channels at the spec's position."""
-        if spec.position not in self.channels:
-            raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {spec.position!r}")
-        return self.channels[spec.position]
+        """(student channels at the spec's position, teacher channels at its source)."""
+        for position in (spec.position, spec.source):
+            if position not in self.channels:
+                raise ConfigError(f"pathway {spec.name!r}: no channel counts for position {position!r}")
+        return self.channels[spec.position][0], self.channels[spec.source][1]
 
 
 Builder = Callable[[PathwaySpec, BuildContext, Dict[str, Any]], Pathway]
@@ -56,18 +57,22 @@ class PathwayFamily:
     build: Builder
     options: Tuple[Option, ...] = ()
     reads_head: bool = False
+    # whether a pathway may read a teacher position other than the student's (its transform
+    # aligns maps of different strides and widths)
+    cross_position: bool = False
 
 
 FAMILIES: Registry[PathwayFamily] = Registry("pathway family")
 
 
-def register_family(name: str, options: Tuple[Option, ...] = (), reads_head: bool = False):
+def register_family(name: str, options: Tuple[Option, ...] = (), reads_head: bool = False,
+                    cross_position: bool = False):
     """Decorator: register ``builder`` as family ``name`` (upper case, as written in an entry)."""
     if not name or name != name.upper() or ":" in name or "=" in name:
         raise ValueError(f"pathway family name {name!r} must be upper case, without ':' or '='")
 
     def decorate(builder: Builder) -> Builder:
-        FAMILIES.register(name, PathwayFamily(name, builder, tuple(options), reads_head))
+        FAMILIES.register(name, PathwayFamily(name, builder, tuple(options), reads_head, cross_position))
         return builder
 
     return decorate
@@ -100,10 +105,16 @@ def reads_head(name: str) -> bool:
 _ENTRY = re.compile(r"^\s*(?:(?P<name>\w+)\s*=\s*)?(?P<family>[^=:]+?)\s*(?::(?P<rest>.*))?$")
 
 
-def parse_pathway(text: str) -> PathwaySpec:
-    """``"[name=]FAMILY[:POSITION][:FACTOR][:option=value...]"`` -> PathwaySpec, e.g.
-    ``"AMP:res4:2e-7"``, ``"sm4=SM:res4:1e-7"``, ``"PKD:p3:1.0"``, ``"KD:0.5:temperature=2"``,
-    ``"BOX"``. Head families take no position."""
+def parse_pathways(text: str) -> List[PathwaySpec]:
+    """``"[name=]FAMILY[:POSITIONS][:FACTOR][:option=value...]"`` -> the pathways it names.
+
+    POSITIONS is a student position (``res4``), a connection ``STUDENT<TEACHER`` (``res4<res5``:
+    the student's res4 learns from the teacher's res5), or comma lists of either side, which
+    expand to every pair (``res3,res4<res4,res5``: four pathways; ``res3,res4``: one per
+    position): a family's whole connection set in one entry. Head families take no position.
+    Examples: ``"AMP:res4:2e-7"``, ``"sm4=SM:res4:1e-7"``, ``"AT:res3,res4,res5<res3,res4,res5"``,
+    ``"KD:0.5:temperature=2"``, ``"BOX"``.
+    """
     match = _ENTRY.match(text or "")
     if not match:
         raise ConfigError(f"cannot read pathway {text!r}; write FAMILY[:POSITION][:FACTOR][:option=value], "
@@ -113,9 +124,9 @@ def parse_pathway(text: str) -> PathwaySpec:
     plain = [f for f in fields if "=" not in f]
     if fields[:len(plain)] != plain:
         raise ConfigError(f"pathway {text!r}: options (name=value) come after the position and factor")
-    position = None
+    pairs: List[Tuple[Optional[str], Optional[str]]] = [(None, None)]
     if not found.reads_head and plain:
-        position, plain = plain[0], plain[1:]
+        pairs, plain = _position_pairs(text, plain[0]), plain[1:]
     if len(plain) > 1:
         raise ConfigError(f"pathway {text!r} has too many ':' fields; write FAMILY[:POSITION][:FACTOR][:option=value]")
     factor = 1.0
@@ -124,17 +135,52 @@ def parse_pathway(text: str) -> PathwaySpec:
             factor = float(plain[0])
         except ValueError:
             raise ConfigError(f"pathway {text!r}: factor {plain[0]!r} is not a number") from None
-    spec = PathwaySpec(found.name, position, factor, match.group("name") or "")
-    _check_position(found, spec)
-    options = dict(parse_option(found.options, spec.name, f) for f in fields[len(plain) + (position is not None):])
-    return spec.with_options(options) if options else spec
+    if match.group("name") and len(pairs) > 1:
+        raise ConfigError(f"pathway {text!r} names {len(pairs)} pathways: a name (NAME=) fits one; leave it out "
+                          "(each pathway is then named FAMILY_STUDENT_TEACHER)")
+    option_fields = fields[len(fields) - sum(1 for f in fields if "=" in f):]
+    specs = []
+    for student, teacher in pairs:
+        spec = PathwaySpec(found.name, student, factor, match.group("name") or "", teacher_position=teacher)
+        _check_position(found, spec)
+        options = dict(parse_option(found.options, spec.name, f) for f in option_fields)
+        specs.append(spec.with_options(options) if options else spec)
+    return specs
+
+
+def parse_pathway(text: str) -> PathwaySpec:
+    """The one pathway of an entry (see :func:`parse_pathways`)."""
+    specs = parse_pathways(text)
+    if len(specs) != 1:
+        raise ConfigError(f"pathway {text!r} names {len(specs)} pathways; expected one")
+    return specs[0]
+
+
+def _position_pairs(text: str, field_text: str) -> List[Tuple[str, Optional[str]]]:
+    """``"res3,res4<res5"`` -> [("res3", "res5"), ("res4", "res5")]; ``"res3,res4"`` ->
+    [("res3", None), ("res4", None)]."""
+    sides = field_text.split("<")
+    if len(sides) > 2:
+        raise ConfigError(f"pathway {text!r}: write positions as STUDENT or STUDENT<TEACHER, e.g. res4<res5")
+    lists = [[p.strip() for p in side.split(",")] for side in sides]
+    if any(not p for side in lists for p in side):
+        raise ConfigError(f"pathway {text!r}: an empty position in {field_text!r}")
+    if len(lists) == 1:
+        return [(p, None) for p in lists[0]]
+    return [(s, t) for s in lists[0] for t in lists[1]]
 
 
 def _check_position(found: PathwayFamily, spec: PathwaySpec) -> None:
-    if found.reads_head and spec.position:
+    if found.reads_head and (spec.position or spec.teacher_position):
         raise ConfigError(f"pathway family {spec.family!r} reads the head and takes no position")
     if not found.reads_head and not spec.position:
         raise ConfigError(f"pathway family {spec.family!r} needs a position (e.g. res3 or p4)")
+    if spec.crosses and not found.cross_position:
+        across = [n for n, f in FAMILIES.items() if f.cross_position]
+        raise ConfigError(
+            f"pathway {spec.name!r}: the {spec.family} family compares student and teacher at one position "
+            f"(got student {spec.position}, teacher {spec.teacher_position}); connect different positions "
+            f"with {' or '.join(across) or 'a cross-position family'}")
 
 
 def check_spec(spec: PathwaySpec, defaults: Mapping[str, Any] = None) -> Dict[str, Any]:
