@@ -9,9 +9,10 @@ Every child gets the same setting, so that a test reads only what its command di
 - ``$MGD_TRACEBACK`` unset (tests assert the one-line errors), unless ``env`` sets it;
 - ``$MGD_DATASETS`` pointed at ``datasets`` when given (e.g. the ``tiny_datasets`` fixture).
 Output is text; ``run_*`` return the finished ``subprocess.CompletedProcess`` (rc, stdout,
-stderr) and never raise on a non-zero exit, ``start_code`` returns the running ``Popen``.
+stderr) and never raise on a non-zero exit, ``start_*`` return the running ``Popen``.
 """
 import os
+import signal
 import subprocess
 import sys
 
@@ -33,10 +34,16 @@ def child_env(datasets=None, env=None) -> dict:
     return out
 
 
+def run_command(command, *, datasets=None, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
+    """Any command line (e.g. ``["bash", "scripts/setup.sh"]``) to completion, ``timeout``
+    seconds at most."""
+    return subprocess.run(list(map(str, command)), cwd=str(cwd), env=child_env(datasets, env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def run_python(argv, *, datasets=None, env=None, cwd=REPO, timeout=600) -> subprocess.CompletedProcess:
     """``python ARGV...`` to completion (``timeout`` seconds at most)."""
-    return subprocess.run([sys.executable, *map(str, argv)], cwd=str(cwd), env=child_env(datasets, env),
-                          capture_output=True, text=True, timeout=timeout)
+    return run_command([sys.executable, *argv], datasets=datasets, env=env, cwd=cwd, timeout=timeout)
 
 
 def run_tool(name: str, *args, **kwargs) -> subprocess.CompletedProcess:
@@ -49,9 +56,18 @@ def run_code(code: str, *args, **kwargs) -> subprocess.CompletedProcess:
     return run_python(["-c", code, *args], **kwargs)
 
 
+def start_command(command, *, datasets=None, env=None, cwd=REPO, own_group=False) -> subprocess.Popen:
+    """Any command line started, its stdout and stderr as text pipes, for a test that talks to
+    the child while it runs (reads a line, signals it). ``own_group``: the child leads a new
+    process group (``os.killpg(child.pid, ...)`` reaches what it started) and takes Ctrl-C
+    (SIGINT) as a shell's foreground job does, even under a runner started with ``&``."""
+    extra = {}
+    if own_group:
+        extra = dict(start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    return subprocess.Popen(list(map(str, command)), cwd=str(cwd), env=child_env(datasets, env),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **extra)
+
+
 def start_code(code: str, *args, datasets=None, env=None, cwd=REPO) -> subprocess.Popen:
-    """``python -c CODE ARGS...`` started, its stdout and stderr as text pipes, for a test
-    that talks to the child while it runs (reads a line, then kills it)."""
-    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=str(cwd),
-                            env=child_env(datasets, env), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    """``python -c CODE ARGS...`` started (see :func:`start_command`)."""
+    return start_command([sys.executable, "-c", code, *args], datasets=datasets, env=env, cwd=cwd)

@@ -12,9 +12,7 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
-import textwrap
 import time
 import types
 
@@ -26,7 +24,8 @@ from torch import nn
 import _tiny
 import mgd_det.data  # noqa: F401  (registers the data sets and their checks)
 import mgd_det.modeling  # noqa: F401
-from _runner import REPO, TOOLS, child_env, run_tool
+from _runner import TOOLS, run_tool, start_command
+from _stalled_save import INSIDE_TORCH_WRITER, stall_env, write_site
 from mgd_det.config import get_mgd_cfg, setup_cfg
 from mgd_det.config_checks import check_output_dir, check_solver, validate_mgd_config
 from mgd_det.engine.assignment_hook import check_update_schedule
@@ -428,44 +427,16 @@ def test_score_unlabeled_prints_one_line(tmp_path, tiny_datasets):
     assert "Traceback" in (tmp_path / "out" / "log.txt").read_text()
 
 
-# A sitecustomize that stalls the second torch.save inside torch's writer (see
-# tools/bad_input_survey.py): the run is interrupted there.
-SLOW_WRITE_SITE = textwrap.dedent("""
-    import os
-    if os.environ.get("SLOW_WRITE_MARKER"):
-        import time, torch
-        real, calls = torch.save, []
-        class SlowFile:
-            def __init__(self, f):
-                self.f, self.written = f, 0
-            def write(self, data):
-                if self.written > 4096:
-                    open(os.environ["SLOW_WRITE_MARKER"], "w").close()
-                    time.sleep(600)
-                self.written += len(data)
-                return self.f.write(data)
-            def __getattr__(self, name):
-                return getattr(self.f, name)
-        def slow(obj, f, *a, **k):
-            calls.append(1)
-            if len(calls) < 2 or isinstance(f, (str, os.PathLike)):
-                return real(obj, f, *a, **k)
-            return real(obj, SlowFile(f), *a, **k)
-        torch.save = slow
-""")
-
-
 @pytest.mark.slow
 def test_ctrl_c_while_saving_is_reported_as_an_interruption(tmp_path, tiny_datasets):
+    """The second checkpoint save stalls inside torch's writer (tests/_stalled_save.py); the run
+    is interrupted there."""
     site, out, marker = tmp_path / "site", tmp_path / "run", tmp_path / "marker"
-    site.mkdir()
-    (site / "sitecustomize.py").write_text(SLOW_WRITE_SITE)
-    env = child_env(tiny_datasets, {"PYTHONPATH": site, "SLOW_WRITE_MARKER": marker})
-    proc = subprocess.Popen(
+    write_site(site, INSIDE_TORCH_WRITER)
+    proc = start_command(
         [sys.executable, os.path.join(TOOLS, "train_net.py"), "--config-file", PLAIN_CONFIG, *TINY,
          "SOLVER.CHECKPOINT_PERIOD", "1", "OUTPUT_DIR", str(out)],
-        cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        datasets=tiny_datasets, env=stall_env(site, marker), own_group=True)
     try:
         deadline = time.monotonic() + 300
         while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
