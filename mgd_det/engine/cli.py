@@ -43,6 +43,8 @@ logger = logging.getLogger(__name__)
 # ``logger.info(msg, extra={FILE_ONLY: True})``: written to the log file, not the terminal.
 FILE_ONLY = "mgd_file_only"
 LOGGERS = ("detectron2", "fvcore", "mgd_det")
+# Detectron2's TrainerBase.train logs "Exception during training:" with the traceback here.
+TRAIN_LOOP_LOGGER = "detectron2.engine.train_loop"
 _REPORTED_MARK = "ReportedError: "
 INTERRUPTED_EXIT = 130  # 128 + SIGINT: the shell's status of a process ended by Ctrl-C
 _LOGGED = "_mgd_logged"
@@ -167,8 +169,17 @@ def _error_line(exc: BaseException) -> Optional[str]:
 
 # ----------------------------------------------------------------------- logging
 class _ConsoleFilter(logging.Filter):
+    """Keeps off the terminal: records marked FILE_ONLY, and the traceback Detectron2's training
+    loop logs ("Exception during training") for an error that will be reported as one line
+    (it stays in the log file; the line follows on stderr)."""
+
     def filter(self, record: logging.LogRecord) -> bool:
-        return not getattr(record, FILE_ONLY, False)
+        if getattr(record, FILE_ONLY, False):
+            return False
+        if record.name == TRAIN_LOOP_LOGGER and record.exc_info and record.exc_info[1] is not None:
+            exc = record.exc_info[1]
+            return not (isinstance(exc, Exception) and error_line(exc) is not None)
+        return True
 
 
 def _is_console(handler: logging.Handler) -> bool:
@@ -232,6 +243,8 @@ def quiet_default_setup(cfg, args) -> None:
     setup_logger(output_dir, distributed_rank=rank)
     setup_logger(output=output_dir, distributed_rank=rank, name="mgd_det")
     install_console_filter()
+    # before default_setup's first records: on a full disk they are the first writes to fail
+    guard_log_files(LOGGERS, _is_console)
     d2_logger = logging.getLogger("detectron2")
     quiet = _QuietDefaultSetup()
     for handler in d2_logger.handlers:
@@ -291,9 +304,16 @@ def report_errors(main: Callable) -> Callable:
 
 
 def print_error_line(line: str, log_path: Optional[str] = None) -> None:
-    """The terminal line (stderr), after anything already written to stdout."""
+    """The terminal line (stderr), after anything already written to stdout; it names the log
+    file holding the traceback, or the one that could not be written."""
     sys.stdout.flush()
-    suffix = f" (traceback in {log_path})" if log_path else ""
+    failed = log_write_failure()
+    if log_path:
+        suffix = f" (traceback in {log_path})"
+    elif failed is not None:
+        suffix = f" (the log file {failed[0]} could not be written: {failed[1].strerror})"
+    else:
+        suffix = ""
     sys.stderr.write(f"ERROR: {line}{suffix}\n")
     sys.stderr.flush()
 

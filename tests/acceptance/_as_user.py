@@ -41,9 +41,6 @@ OPTS = TINY_OPTS + ["DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "1"]
 # Lines that carry a tool's message ("setup.sh: ERROR: ..." for the set-up script).
 ERROR_PREFIXES = ("ERROR: ", "setup.sh: ERROR: ")
 TRACEBACK = "Traceback (most recent call last)"
-# The known open defect of the cases that fail inside the training loop (issue 28).
-TRAIN_LOOP_TRACEBACK = ("issue 28: an error inside the training loop also prints Detectron2's logged traceback "
-                        "(d2.engine.train_loop 'Exception during training') on stdout, above the ERROR line")
 
 
 @dataclasses.dataclass
@@ -131,18 +128,14 @@ class Case:
     then: Optional[Callable[[User], List[str]]] = None  # a follow-up command (--resume) that must succeed
     then_warning: str = ""  # pattern of the follow-up's WARNING
     teardown: Optional[Callable[[User], object]] = None  # after the case, whatever happened
-    traceback_defect: str = ""  # a known open defect puts a traceback on screen: the reason, with its issue
 
     def param(self):
-        # Only the traceback is expected to fail: every other promise is still checked (see check).
-        marks = ([pytest.mark.xfail(strict=True, raises=TracebackOnScreen, reason=self.traceback_defect)]
-                 if self.traceback_defect else [])
-        return pytest.param(self, id=self.id, marks=marks)
+        return pytest.param(self, id=self.id)
 
 
 class TracebackOnScreen(AssertionError):
-    """A traceback reached the terminal (checked last, so that a case whose traceback is a
-    known defect still has everything else checked)."""
+    """A traceback reached the terminal (checked last: everything else is checked first, so the
+    failure that shows is the first promise broken)."""
 
 
 def params(cases: List[Case]) -> list:

@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from _as_user import TRAIN_LOOP_TRACEBACK, Case, check, params, run_files
+from _as_user import Case, check, params, run_files
 from _stalled_save import HALF_WRITTEN, INSIDE_TORCH_WRITER, stall_env, write_site
 
 pytestmark = [pytest.mark.acceptance, pytest.mark.slow]
@@ -52,16 +52,14 @@ def solver_run(u, flags=()):
 
 CASES = [
     Case("disk_full_while_the_run_writes", lambda u: u.plain(run=u.c("disk", "run")),
-         setup=mount_small_disk, teardown=unmount, traceback_defect=TRAIN_LOOP_TRACEBACK,
+         setup=mount_small_disk, teardown=unmount,
          error=r"{case}/disk/run/\S+ .*No space left on device.*free disk space"),
     Case("file_size_limit_while_saving", lambda u: u.mgd("SOLVER.MAX_ITER", "3", run=u.c("run"), flags=["--resume"]),
          setup=lambda u: u.copy_run(u.base.mgd_run), protect=run_files, shell_prefix="ulimit -f 20000;",
-         traceback_defect=TRAIN_LOOP_TRACEBACK,
          error=r"could not save checkpoint {case}/run/model_0000002.pth \(OSError: \[Errno 27\] File too large\); "
                r"the previous checkpoint {case}/run/model_final.pth and last_checkpoint are intact: free disk space "
                r"\(or raise the file-size limit"),
     Case("loss_diverges_to_nan", lambda u: u.mgd("SOLVER.BASE_LR", "1e8", "SOLVER.MAX_ITER", "6"),
-         traceback_defect=TRAIN_LOOP_TRACEBACK,
          error=r"training diverged: the loss became infinite or NaN at iteration \d+ \(SOLVER.BASE_LR, MGD.FACTORS\): "
                r"lower SOLVER.BASE_LR"),
     Case("kill_9_in_the_middle_of_a_checkpoint_save", lambda u: u.plain(run=u.c("run")),
