@@ -63,8 +63,11 @@ def add_mgd_config(cfg: CN) -> CN:
     # "[NAME=]FAMILY[:POSITION][:FACTOR][:option=value...]" each, e.g. ["AMP:res4:2e-6",
     # "SM:res4:1e-6", "PKD:p3:1.0", "KD:1.0:temperature=2"]. Families (mgd_det/matching/families/,
     # each with its options): SM / RD / AMP / SP (MGD, matched channels), PKD (standardised
-    # feature L2, no matching), KD (head logits), BOX (head box deltas). An option an entry
-    # leaves out takes its global key (STUDENT_NORM, NORM_GROUPS, ALLOW_CHANNEL_SHARING, KD.*).
+    # feature L2, no matching), AT (attention maps, across positions too: "AT:res4<res5"),
+    # KD / BOX (a RetinaNet head's logits / box deltas), RPN_KD / RPN_BOX (an R-CNN's
+    # objectness / anchor deltas), ROI_KD / ROI_BOX (its box head on the distillation ROIs,
+    # see RCNN.ROIS_PER_IMAGE), MASK_KD (its mask head). An option an entry leaves out takes
+    # its global key (STUDENT_NORM, NORM_GROUPS, ALLOW_CHANNEL_SHARING, KD.*).
     # Default names: family_position in lower case ("amp_res4", "kd"); losses are
     # "loss_<name>". MGD pathways sharing a position and group size share one matching.
     cfg.MGD.PATHWAYS = []
@@ -139,6 +142,12 @@ def add_mgd_config(cfg: CN) -> CN:
     # its terms, so the ~10^4 background elements a student already matches stop swamping the
     # foreground ones. 0: the plain KL (mgd_det/matching/kd.py, docs/BENCHMARKS.md §10).
     cfg.MGD.KD.FOCAL_GAMMA = 2.0
+
+    cfg.MGD.RCNN = CN()
+    # Distillation ROIs per image of the ROI_KD / ROI_BOX / MASK_KD pathways: the student's
+    # most confident RPN proposals (after NMS; fewer when it has fewer), on which both box heads
+    # (and, where the teacher finds an object, both mask heads) run, each from its own features.
+    cfg.MGD.RCNN.ROIS_PER_IMAGE = 64
 
     # Flag NaN/Inf teacher/student features every this many iterations (device-side, read
     # only when training stops, to name the position behind a NaN loss); 0 disables it.

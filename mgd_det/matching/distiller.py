@@ -15,7 +15,7 @@ the device.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -23,10 +23,10 @@ from torch import nn
 from ._checks import repeated
 from .assignment import solve_assignment
 from .background_solve import SolveJob
-from .families import BuildContext, build_pathway, reads_head
+from .families import BuildContext, build_pathway, reads
 from .held_factors import HeldFactors
 from .matcher import ChannelMatcher
-from .outputs import NetOutputs, TeacherOutput
+from .outputs import HEAD_OUTPUTS, NetOutputs, TeacherOutput
 from .pathways import PathwaySpec
 from .weighting import ConstantWeighting, LossWeighting
 from ..errors import ConfigError
@@ -94,8 +94,15 @@ class PathwayDistiller(nn.Module):
         return list(dict.fromkeys(s.source for s in self.specs if s.source))
 
     @property
+    def reads(self) -> FrozenSet[str]:
+        """What the pathways read: ``"features"`` and the kinds of head outputs
+        (:data:`~mgd_det.matching.outputs.HEAD_OUTPUTS`) the model must compute."""
+        return frozenset(reads(s.family) for s in self.specs)
+
+    @property
     def needs_head(self) -> bool:
-        return any(reads_head(s.family) for s in self.specs)
+        """Whether a pathway reads head outputs (the teacher then runs its whole backbone)."""
+        return any(kind in HEAD_OUTPUTS for kind in self.reads)
 
     def matchers_at(self, position: str) -> List[ChannelMatcher]:
         return [m for m in self.matchers.values() if m.position == position]

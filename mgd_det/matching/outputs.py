@@ -12,28 +12,86 @@ from typing import Dict, List, Optional, Tuple
 
 import torch
 
+# What a pathway family reads of the two networks (``PathwayFamily.reads``): tapped features
+# at a position, or one kind of head output (no position), each filled by the model only when
+# a pathway reads it.
+FEATURES = "features"
+DENSE = "dense"  # a dense head's (RetinaNet) per-anchor class logits and box deltas
+RPN = "rpn"  # an R-CNN's region proposal network: per-anchor objectness logits and deltas
+REGIONS = "regions"  # an R-CNN's box head on the distillation ROIs
+MASKS = "masks"  # an R-CNN's mask head on the ROIs the teacher calls foreground
+HEAD_OUTPUTS = (DENSE, RPN, REGIONS, MASKS)
+
+
+@dataclass
+class RegionOutputs:
+    """An R-CNN's box (and mask) head outputs on the batch's distillation ROIs.
+
+    Both networks see the *same* boxes: the student's proposals, each network pooling them from
+    its own features (:mod:`mgd_det.modeling.region_pass`).
+
+    Attributes:
+        class_logits: (R, K+1) box-head class logits (the last column is background).
+        box_deltas: (R, 4K) class-specific or (R, 4) class-agnostic box regression deltas.
+        mask_logits: (M, K or 1, S, S) mask logits on the mask ROIs (:attr:`mask_rois`).
+        mask_rois: (R,) bool, the ROIs the teacher calls foreground (its largest class is not
+            background): where the masks are compared. Decided by the teacher; the student's
+            outputs hold the teacher's choice.
+    """
+
+    class_logits: Optional[torch.Tensor]
+    box_deltas: Optional[torch.Tensor]
+    mask_logits: Optional[torch.Tensor] = None
+    mask_rois: Optional[torch.Tensor] = None
+
 
 @dataclass
 class NetOutputs:
-    """Tapped features of one network, plus its dense head outputs when a pathway reads them.
+    """Tapped features of one network, plus the head outputs a pathway reads.
 
     Attributes:
         features: ``{position: (N, C, H, W)}``, e.g. pre-ReLU ``res3`` or FPN ``p4``.
         logits: per FPN level, (N, A*K, H, W) classification logits of a dense head.
         box_deltas: per FPN level, (N, A*4, H, W) box regression outputs of a dense head.
+        rpn_logits: per level, (N, A, H, W) objectness logits of an R-CNN's RPN.
+        rpn_deltas: per level, (N, A*4, H, W) anchor deltas of an R-CNN's RPN.
+        regions: the box and mask heads on the distillation ROIs (:class:`RegionOutputs`).
+        head_inputs: the backbone's outputs by name (FPN levels), kept when the ROI heads run
+            after the pass (on the student's proposals).
+        proposals: per image, (P, 4) proposal boxes of the student's RPN, most confident first
+            (detached; the student's only).
     """
 
     features: Dict[str, torch.Tensor] = field(default_factory=dict)
     logits: Optional[List[torch.Tensor]] = None
     box_deltas: Optional[List[torch.Tensor]] = None
+    rpn_logits: Optional[List[torch.Tensor]] = None
+    rpn_deltas: Optional[List[torch.Tensor]] = None
+    regions: Optional[RegionOutputs] = None
+    head_inputs: Optional[Dict[str, torch.Tensor]] = None
+    proposals: Optional[List[torch.Tensor]] = None
 
-    def require_head(self, side: str, what: str) -> None:
-        """Raise ValueError when a head pathway finds no head outputs on this side."""
-        if self.logits is None or self.box_deltas is None:
-            raise ValueError(
-                f"{what} needs the {side}'s dense head outputs (logits and box deltas), "
-                "but the forward pass did not record them"
-            )
+    def require(self, kind: str, side: str, what: str) -> None:
+        """Raise ValueError when a pathway reading ``kind`` (:data:`HEAD_OUTPUTS`) finds those
+        outputs missing on this side."""
+        present = {
+            DENSE: self.logits is not None and self.box_deltas is not None,
+            RPN: self.rpn_logits is not None and self.rpn_deltas is not None,
+            REGIONS: self.regions is not None and self.regions.class_logits is not None,
+            MASKS: self.regions is not None and self.regions.mask_logits is not None,
+        }[kind]
+        if not present:
+            raise ValueError(f"{what} needs the {side}'s {kind} head outputs, but the forward pass did not record them")
+
+
+def dense_outputs(net: NetOutputs, kind: str) -> Tuple[List[torch.Tensor], List[torch.Tensor]]:
+    """(logits, box deltas) per level of a dense head: :data:`DENSE` (a RetinaNet head, K
+    logits per anchor) or :data:`RPN` (an R-CNN's proposal network, one objectness logit)."""
+    if kind == DENSE:
+        return net.logits, net.box_deltas
+    if kind == RPN:
+        return net.rpn_logits, net.rpn_deltas
+    raise ValueError(f"{kind!r} is not a dense head output (expected {DENSE!r} or {RPN!r})")
 
 
 @dataclass

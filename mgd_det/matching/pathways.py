@@ -108,3 +108,23 @@ class Pathway(nn.Module):
 
     def forward(self, student: NetOutputs, teacher: TeacherOutput, teacher_features: Dict[str, torch.Tensor]):
         raise NotImplementedError
+
+
+class HeadOutputPathway(Pathway):
+    """Base of a pathway comparing one kind of head output of the two networks (``reads``, a
+    :data:`~mgd_det.matching.outputs.HEAD_OUTPUTS` kind): checks that both sides recorded
+    it, then returns :meth:`loss` with the family's options (as given to the constructor)."""
+
+    reads: str = ""
+
+    def __init__(self, spec: PathwaySpec, **options):
+        super().__init__(spec)
+        self.options = dict(options)
+
+    def loss(self, student: NetOutputs, teacher: TeacherOutput, **options) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, student: NetOutputs, teacher: TeacherOutput, teacher_features: Dict[str, torch.Tensor]):
+        student.require(self.reads, "student", f"pathway {self.name!r}")
+        teacher.require(self.reads, "teacher", f"pathway {self.name!r}")
+        return self.loss(student, teacher, **self.options)

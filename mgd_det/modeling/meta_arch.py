@@ -13,10 +13,12 @@ from torch import nn
 from mgd_det.cfg_facts import MGD_META_ARCHITECTURE
 from mgd_det.config_checks import number_problems, register_config_check
 from mgd_det.errors import ConfigError
-from mgd_det.matching.families import reads_head
+from mgd_det.matching.families import reads as family_reads
 from mgd_det.matching.margins import margin_from_norm
-from mgd_det.matching.outputs import Canvas, TeacherOutput
+from mgd_det.matching.outputs import DENSE, MASKS, REGIONS, RPN, Canvas, TeacherOutput
 from mgd_det.modeling.feature_taps import FeatureTaps
+from mgd_det.modeling.head_checks import check_heads
+from mgd_det.modeling.region_pass import attach_regions
 from mgd_det.modeling.student_pass import run_student
 from mgd_det.modeling.teacher import build_teacher, build_teacher_cfg, file_sha256
 from mgd_det.modeling.uploads import upload_inputs
@@ -95,13 +97,14 @@ class MGDDistiller(nn.Module):
         sources = list(dict.fromkeys(s.source for s in specs if s.source))  # the teacher's positions
         self.student_taps = FeatureTaps(self.student.backbone, positions, "student")
         self.teacher_taps = FeatureTaps(self._teacher.backbone, sources, "teacher")
-        if any(reads_head(s.family) for s in specs):
-            self._check_heads_compatible()
+        check_heads(self.student, self._teacher, {family_reads(s.family) for s in specs})
         self.distiller = build_pathway_distiller(  # the MGD.* keys; errors name them
             cfg, specs, {p: (self.student_taps.channels(p) if p in positions else 0,
                              self.teacher_taps.channels(p) if p in sources else 0) for p in positions + sources},
             num_classes=getattr(self.student, "num_classes", 0), weighting=build_loss_weighting(cfg, specs),
         ).to(self.student.device)
+        # ROIs per image of the ROI and mask pathways (the student's most confident proposals)
+        self.rois_per_image = cfg.MGD.RCNN.ROIS_PER_IMAGE
         # What the teacher runs each step: its ResNet alone unless an FPN position or a head
         # pathway reads more. Unregistered, like the teacher itself.
         object.__setattr__(self, "_teacher_network",
@@ -123,7 +126,7 @@ class MGDDistiller(nn.Module):
 
     @property
     def needs_head(self) -> bool:
-        """Whether a pathway (KD, BOX) reads the dense heads' outputs."""
+        """Whether a pathway reads head outputs (dense, RPN, ROI or mask heads)."""
         return self.distiller.needs_head
 
     def _apply(self, fn, *args, **kwargs):
@@ -150,21 +153,6 @@ class MGDDistiller(nn.Module):
     def distiller_positions(self) -> List[str]:
         return list(self.student_taps.positions)
 
-    def _check_heads_compatible(self) -> None:
-        heads = [getattr(m, "head", None) for m in (self.student, self._teacher)]
-        if not all(h is not None and hasattr(h, "cls_score") for h in heads):
-            raise ConfigError(
-                "The KD and BOX pathways need dense (RetinaNet) heads on both teacher and student; "
-                "output distillation for R-CNN heads is not supported. Remove them from MGD.KD / "
-                "MGD.PATHWAYS or use RetinaNet."
-            )
-        shapes = [h.cls_score.out_channels for h in heads]
-        if shapes[0] != shapes[1]:
-            raise ConfigError(
-                f"KD/BOX pathways: student and teacher heads predict {shapes[0]} and {shapes[1]} "
-                "logits per location; they need the same classes and anchors per location."
-            )
-
     # ---------------------------------------------------------------- passes
     def upload(self, batched_inputs) -> List[dict]:
         """The batch with its images and boxes on the model's device: one non-blocking copy,
@@ -182,7 +170,9 @@ class MGDDistiller(nn.Module):
         """The teacher's tapped features (and head outputs when a pathway reads them), no grad.
 
         Only what is read runs: the teacher's ResNet alone when every position is a ``resN``
-        and no head pathway is used, its whole backbone (with FPN) otherwise, plus its head.
+        and no head pathway is used, its whole backbone (with FPN) otherwise, plus its dense
+        head or its RPN head. Its ROI heads run later, on the student's proposals
+        (:mod:`~mgd_det.modeling.region_pass`): their inputs are kept in ``head_inputs``.
         The images must already be on the device (see :meth:`upload`).
         """
         teacher = self._teacher
@@ -198,8 +188,14 @@ class MGDDistiller(nn.Module):
             features=feats,
             canvas=Canvas(tuple(images.tensor.shape[-2:]), self._padded_size(batched_inputs)),
         )
-        if self.needs_head:
+        reads = self.distiller.reads
+        if DENSE in reads:
             result.logits, result.box_deltas = teacher.head([outputs[f] for f in teacher.head_in_features])
+        if RPN in reads:
+            rpn = teacher.proposal_generator
+            result.rpn_logits, result.rpn_deltas = rpn.rpn_head([outputs[f] for f in rpn.in_features])
+        if REGIONS in reads or MASKS in reads:
+            result.head_inputs = outputs
         return result
 
     # ---------------------------------------------------------------- forward
@@ -231,7 +227,11 @@ class MGDDistiller(nn.Module):
         batched_inputs = self.upload(batched_inputs)
         if teacher_out is None:
             teacher_out = self.teacher_pass(batched_inputs)
-        detection, student_out = run_student(self.student, batched_inputs, self.student_taps, self.needs_head)
+        reads = self.distiller.reads
+        detection, student_out = run_student(self.student, batched_inputs, self.student_taps, reads)
+        if REGIONS in reads or MASKS in reads:
+            attach_regions(self.student, self._teacher, student_out, teacher_out, reads, self.rois_per_image,
+                           self.distiller.held_factors)
         if check_finite:
             flags = self._nonfinite_flags(student_out.features, teacher_out.features)
             previous = self._nonfinite
@@ -279,8 +279,11 @@ class MGDDistiller(nn.Module):
 
 @register_config_check
 def check_student(cfg) -> Iterator[str]:
-    """MGD.STUDENT_META_ARCHITECTURE (built by build_student) and MGD.CHECK_FINITE_PERIOD."""
+    """MGD.STUDENT_META_ARCHITECTURE (built by build_student), MGD.CHECK_FINITE_PERIOD and
+    MGD.RCNN.ROIS_PER_IMAGE."""
     yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
+    yield from number_problems(cfg, "MGD.RCNN.ROIS_PER_IMAGE", minimum=1, integer=True,
+                               hint=" (distillation ROIs per image of the ROI_KD / ROI_BOX / MASK_KD pathways)")
     arch = cfg.MGD.STUDENT_META_ARCHITECTURE
     if arch == MGD_META_ARCHITECTURE or not isinstance(arch, str) or not arch:
         yield (f"MGD.STUDENT_META_ARCHITECTURE must name a plain detector, e.g. 'RetinaNet' or "

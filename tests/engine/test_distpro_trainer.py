@@ -268,3 +268,20 @@ def test_a_connection_set_from_one_entry_is_learned_and_replayed(tmp_path, tiny_
     replayed = train(cfg)
     assert isinstance(replayed.unwrapped_model.distiller.weighting, ReplayWeighting)
     assert replayed.unwrapped_model.distiller.pathway_names == names
+
+
+@pytest.mark.slow
+def test_two_stage_output_pathways_are_learned_through_the_trainer(tmp_path, tiny_cfg):
+    """A Mask R-CNN pair with the RPN, ROI and mask pathways, one learned weight each; the
+    meta-step's probes hold the distillation ROIs recorded at its base point."""
+    families = ["RPN_KD", "RPN_BOX", "ROI_KD", "ROI_BOX", "MASK_KD"]
+    cfg = tiny_cfg("mgd_mask_rcnn_R50_R18_AMP.yaml", tmp_path, *OPTS, "MGD.TEACHER.CONFIG_FILE", "mask_rcnn_R18_FPN.yaml",
+                   "MGD.WEIGHTING", "learned", "MGD.PATHWAYS", str(["AMP:res4:2e-6"] + [f"{f}:1.0" for f in families]),
+                   "MGD.RCNN.ROIS_PER_IMAGE", "16", "SOLVER.MAX_ITER", "2", "MGD.DISTPRO.PERIOD", "1")
+    trainer = train(cfg)
+    hook = distpro_hook(trainer)
+    assert hook.num_meta_steps == 2 and hook.num_skipped == 0
+    trajectory = json.loads((tmp_path / TRAJECTORY_FILE).read_text())
+    assert trajectory["names"] == ["amp_res4", "rpn_kd", "rpn_box", "roi_kd", "roi_box", "mask_kd"]
+    weights = np.array(trajectory["weights"])
+    assert np.isfinite(weights).all() and not np.allclose(weights[-1], weights[0])

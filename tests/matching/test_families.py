@@ -32,8 +32,10 @@ def mean_gap_family():
 
 
 def test_built_in_families_in_order_and_what_they_build():
-    assert family_names() == ("SM", "RD", "AMP", "SP", "PKD", "AT", "KD", "BOX")
-    assert [f for f in family_names() if reads_head(f)] == ["KD", "BOX"]
+    assert family_names() == ("SM", "RD", "AMP", "SP", "PKD", "AT", "KD", "BOX",
+                              "RPN_KD", "RPN_BOX", "ROI_KD", "ROI_BOX", "MASK_KD")
+    assert [f for f in family_names() if reads_head(f)] == ["KD", "BOX", "RPN_KD", "RPN_BOX", "ROI_KD", "ROI_BOX",
+                                                            "MASK_KD"]
     distiller = PathwayDistiller(
         [parse_pathway(t) for t in ("AMP:c3", "sm=SM:c3", "PKD:c4", "KD", "BOX")],
         {"c3": (4, 8), "c4": (4, 6)}, num_classes=3,

@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from ..foreground import FOREGROUND_TEMPERATURE, foreground_weight, mean_over_processes
 from ..held_factors import HeldFactors
 from ..options import number
+from ..outputs import DENSE, dense_outputs
 from ..pathways import Pathway, PathwaySpec
 from .registry import BuildContext, register_family
 
@@ -111,23 +112,25 @@ class OutputKDPathway(Pathway):
     """:func:`dense_kd_loss` of the student's and the teacher's dense head logits: a
     foreground anchor's gradient is ~1/(foreground mass), not ~1/(anchors x classes), the
     background elements the student already matches barely count, and the loss is 0 when the
-    student matches the teacher."""
+    student matches the teacher. ``head``: which dense head (``"dense"``: RetinaNet's;
+    ``"rpn"``: an R-CNN's objectness, see :mod:`.rpn`)."""
 
     def __init__(self, spec: PathwaySpec, temperature: float = 1.0, fg_temperature: float = FOREGROUND_TEMPERATURE,
-                 focal_gamma: float = FOCAL_GAMMA, held: Optional[HeldFactors] = None):
+                 focal_gamma: float = FOCAL_GAMMA, held: Optional[HeldFactors] = None, head: str = DENSE):
         super().__init__(spec)
         self.temperature = float(temperature)
         self.fg_temperature = float(fg_temperature)
         self.focal_gamma = float(focal_gamma)
         self.held = held
+        self.head = head
 
     def forward(self, student, teacher, teacher_features):
-        student.require_head("student", f"pathway {self.name!r}")
-        teacher.require_head("teacher", f"pathway {self.name!r}")
-        return dense_kd_loss(student.logits, teacher.logits, self.temperature, self.fg_temperature, self.focal_gamma,
-                             held=self.held, held_key=self.name)
+        student.require(self.head, "student", f"pathway {self.name!r}")
+        teacher.require(self.head, "teacher", f"pathway {self.name!r}")
+        return dense_kd_loss(dense_outputs(student, self.head)[0], dense_outputs(teacher, self.head)[0],
+                             self.temperature, self.fg_temperature, self.focal_gamma, held=self.held, held_key=self.name)
 
 
-@register_family("KD", options=OPTIONS, reads_head=True)
+@register_family("KD", options=OPTIONS, reads=DENSE)
 def build_kd(spec: PathwaySpec, ctx: BuildContext, options) -> Pathway:
     return OutputKDPathway(spec, **options, held=ctx.held_factors)

@@ -7,8 +7,10 @@ A family is one module that declares its options and registers the function buil
     def build_gap(spec, ctx, options):
         return MeanGap(spec, options["scale"])
 
-``reads_head=True`` marks a family that distils the dense head's outputs (it takes no
-position). The builder receives the entry's spec, the distiller's :class:`BuildContext`
+``reads`` says what the family distils: tapped features at a position (the default) or one
+kind of head output (:data:`~mgd_det.matching.outputs.HEAD_OUTPUTS`: ``"dense"`` for RetinaNet
+heads, ``"rpn"``, ``"regions"`` and ``"masks"`` for R-CNN heads); a head family takes no
+position, and the model computes each kind only when a pathway reads it. The builder receives the entry's spec, the distiller's :class:`BuildContext`
 (channel counts, number of classes, shared matchers) and the family's resolved options
 (:func:`~mgd_det.matching.options.resolve_options`: checked once, here).
 """
@@ -24,6 +26,7 @@ from ...errors import ConfigError
 from ...registry import Registry
 from ..held_factors import HeldFactors
 from ..options import Option, parse_option, resolve_options
+from ..outputs import FEATURES, HEAD_OUTPUTS
 from ..pathways import Pathway, PathwaySpec
 
 
@@ -56,23 +59,29 @@ class PathwayFamily:
     name: str
     build: Builder
     options: Tuple[Option, ...] = ()
-    reads_head: bool = False
+    reads: str = FEATURES  # FEATURES or one of HEAD_OUTPUTS
     # whether a pathway may read a teacher position other than the student's (its transform
     # aligns maps of different strides and widths)
     cross_position: bool = False
+
+    @property
+    def reads_head(self) -> bool:
+        return self.reads != FEATURES
 
 
 FAMILIES: Registry[PathwayFamily] = Registry("pathway family")
 
 
-def register_family(name: str, options: Tuple[Option, ...] = (), reads_head: bool = False,
+def register_family(name: str, options: Tuple[Option, ...] = (), reads: str = FEATURES,
                     cross_position: bool = False):
     """Decorator: register ``builder`` as family ``name`` (upper case, as written in an entry)."""
     if not name or name != name.upper() or ":" in name or "=" in name:
         raise ValueError(f"pathway family name {name!r} must be upper case, without ':' or '='")
+    if reads not in (FEATURES,) + HEAD_OUTPUTS:
+        raise ValueError(f"pathway family {name!r}: reads must be one of {(FEATURES,) + HEAD_OUTPUTS}, not {reads!r}")
 
     def decorate(builder: Builder) -> Builder:
-        FAMILIES.register(name, PathwayFamily(name, builder, tuple(options), reads_head, cross_position))
+        FAMILIES.register(name, PathwayFamily(name, builder, tuple(options), reads, cross_position))
         return builder
 
     return decorate
@@ -98,8 +107,13 @@ def declared_option(name: str) -> Option:
 
 
 def reads_head(name: str) -> bool:
-    """Whether family ``name`` distils the dense head's outputs (False for unknown names)."""
+    """Whether family ``name`` distils head outputs, not features (False for unknown names)."""
     return name in FAMILIES and FAMILIES.get(name).reads_head
+
+
+def reads(name: str) -> str:
+    """What family ``name`` reads: ``"features"`` or a kind of head output."""
+    return FAMILIES.get(name).reads
 
 
 _ENTRY = re.compile(r"^\s*(?:(?P<name>\w+)\s*=\s*)?(?P<family>[^=:]+?)\s*(?::(?P<rest>.*))?$")
