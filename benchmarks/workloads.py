@@ -10,7 +10,7 @@ from typing import Dict, List, Sequence
 import torch
 from detectron2.config import CfgNode
 from detectron2.solver import build_optimizer
-from detectron2.structures import Boxes, ImageList, Instances
+from detectron2.structures import BitMasks, Boxes, ImageList, Instances
 from detectron2.utils.events import EventStorage
 from torch import nn
 
@@ -53,9 +53,11 @@ def build_models(cfg: CfgNode, teacher_weights: str = "", seed: int = 0):
 
 
 def synthetic_batch(
-    batch_size: int, size: int, num_classes: int, generator: torch.Generator, boxes_per_image: int = 3
+    batch_size: int, size: int, num_classes: int, generator: torch.Generator, boxes_per_image: int = 3,
+    masks: bool = False,
 ) -> List[dict]:
-    """Detectron2 training inputs: noise images with a few random boxes each."""
+    """Detectron2 training inputs: noise images with a few random boxes each (``masks``: and a
+    filled-box mask each, for Mask R-CNN)."""
     batch = []
     for _ in range(batch_size):
         image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=generator)
@@ -64,6 +66,12 @@ def synthetic_batch(
         instances = Instances((size, size))
         instances.gt_boxes = Boxes(torch.cat([xy, (xy + wh).clamp(max=size - 1)], dim=1))
         instances.gt_classes = torch.randint(0, num_classes, (boxes_per_image,), generator=generator)
+        if masks:
+            grid = torch.arange(size, dtype=torch.float32)
+            x0, y0, x1, y1 = instances.gt_boxes.tensor.unbind(dim=1)
+            inside_x = (grid >= x0[:, None]) & (grid <= x1[:, None])
+            inside_y = (grid >= y0[:, None]) & (grid <= y1[:, None])
+            instances.gt_masks = BitMasks(inside_y[:, :, None] & inside_x[:, None, :])
         batch.append({"image": image, "instances": instances, "height": size, "width": size})
     return batch
 

@@ -147,7 +147,11 @@ def add_mgd_config(cfg: CN) -> CN:
     # Distillation ROIs per image of the ROI_KD / ROI_BOX / MASK_KD pathways: the student's
     # most confident RPN proposals (after NMS; fewer when it has fewer), on which both box heads
     # (and, where the teacher finds an object, both mask heads) run, each from its own features.
-    cfg.MGD.RCNN.ROIS_PER_IMAGE = 64
+    cfg.MGD.RCNN.ROIS_PER_IMAGE = 32
+    # The most ROIs per image the MASK_KD pathway runs both mask heads on: of the distillation
+    # ROIs the teacher calls foreground, the ones it is surest of (a mask head costs ~4x a box
+    # head per ROI; Detectron2 trains its own on the foreground quarter of 128-512 sampled ROIs).
+    cfg.MGD.RCNN.MASK_ROIS_PER_IMAGE = 8
 
     # Flag NaN/Inf teacher/student features every this many iterations (device-side, read
     # only when training stops, to name the position behind a NaN loss); 0 disables it.

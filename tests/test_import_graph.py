@@ -45,9 +45,9 @@ def _is_type_checking(node: ast.AST) -> bool:
     return isinstance(node, ast.If) and "TYPE_CHECKING" in ast.dump(node.test)
 
 
-def _import_nodes(path: str) -> Iterable[ast.AST]:
+def _import_nodes(path: str, type_checking: bool = False) -> Iterable[ast.AST]:
     """The import statements of a file, anywhere in it, except under ``if TYPE_CHECKING:``
-    (annotations only, never run)."""
+    (annotations only, never run) unless ``type_checking``."""
     with open(path, encoding="utf-8") as f:
         tree = ast.parse(f.read(), filename=path)
     todo = [tree]
@@ -55,14 +55,14 @@ def _import_nodes(path: str) -> Iterable[ast.AST]:
         node = todo.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-        todo.extend(child for child in ast.iter_child_nodes(node) if not _is_type_checking(child))
+        todo.extend(child for child in ast.iter_child_nodes(node) if type_checking or not _is_type_checking(child))
 
 
-def _imported_names(module: str, path: str, modules=()) -> Iterable[str]:
+def _imported_names(module: str, path: str, modules=(), type_checking: bool = False) -> Iterable[str]:
     """The absolute dotted names ``module`` imports. ``from X import y`` gives ``X.y`` when
     that is one of ``modules`` (a submodule), else ``X``."""
     is_package = os.path.basename(path) == "__init__.py"
-    for node in _import_nodes(path):
+    for node in _import_nodes(path, type_checking):
         if isinstance(node, ast.Import):
             yield from (alias.name for alias in node.names)
             continue
@@ -76,10 +76,12 @@ def _imported_names(module: str, path: str, modules=()) -> Iterable[str]:
             yield f"{target}.{alias.name}" if f"{target}.{alias.name}" in modules else target
 
 
-def import_graph(root: str = ROOT) -> Dict[str, Set[str]]:
-    """Module -> the package's modules it imports (names that are not modules are dropped)."""
+def import_graph(root: str = ROOT, type_checking: bool = False) -> Dict[str, Set[str]]:
+    """Module -> the package's modules it imports (names that are not modules are dropped);
+    ``type_checking``: the imports under ``if TYPE_CHECKING:`` too."""
     files = _module_files(root)
-    return {module: {name for name in _imported_names(module, path, files) if name in files and name != module}
+    return {module: {name for name in _imported_names(module, path, files, type_checking)
+                     if name in files and name != module}
             for module, path in files.items()}
 
 
@@ -141,6 +143,12 @@ def graph():
 
 def test_no_import_circle(graph):
     assert cycles(graph) == []
+
+
+def test_no_import_circle_even_through_annotation_only_imports():
+    """A circle closed only under ``if TYPE_CHECKING:`` still ties the two modules together
+    (the families/pathways circle was one): none is allowed."""
+    assert cycles(import_graph(type_checking=True)) == []
 
 
 def test_leaves_import_nothing_but_leaves(graph):
@@ -213,3 +221,14 @@ def test_the_graph_reader_sees_lazy_and_relative_imports(tmp_path):
     assert result["mgd_det.a"] == {"mgd_det.sub.b"} and result["mgd_det.sub"] == {"mgd_det.sub.b"}
     assert result["mgd_det.sub.b"] == {"mgd_det.a"}  # annotations only: no edge to c
     assert cycles(result) == [["mgd_det.a", "mgd_det.sub.b"]]
+
+
+def test_a_circle_closed_under_type_checking_is_found(tmp_path):
+    package = tmp_path / "mgd_det"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "families.py").write_text("from .pathways import Pathway\n")
+    (package / "pathways.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+                                         "    from .families import Family\n")
+    assert cycles(import_graph(str(tmp_path))) == []
+    assert cycles(import_graph(str(tmp_path), type_checking=True)) == [["mgd_det.families", "mgd_det.pathways"]]

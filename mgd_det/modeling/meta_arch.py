@@ -103,8 +103,10 @@ class MGDDistiller(nn.Module):
                              self.teacher_taps.channels(p) if p in sources else 0) for p in positions + sources},
             num_classes=getattr(self.student, "num_classes", 0), weighting=build_loss_weighting(cfg, specs),
         ).to(self.student.device)
-        # ROIs per image of the ROI and mask pathways (the student's most confident proposals)
+        # ROIs per image of the ROI and mask pathways (the student's most confident proposals),
+        # and how many of them the mask heads run on at most (the teacher's surest foreground)
         self.rois_per_image = cfg.MGD.RCNN.ROIS_PER_IMAGE
+        self.mask_rois_per_image = cfg.MGD.RCNN.MASK_ROIS_PER_IMAGE
         # What the teacher runs each step: its ResNet alone unless an FPN position or a head
         # pathway reads more. Unregistered, like the teacher itself.
         object.__setattr__(self, "_teacher_network",
@@ -231,7 +233,7 @@ class MGDDistiller(nn.Module):
         detection, student_out = run_student(self.student, batched_inputs, self.student_taps, reads)
         if REGIONS in reads or MASKS in reads:
             attach_regions(self.student, self._teacher, student_out, teacher_out, reads, self.rois_per_image,
-                           self.distiller.held_factors)
+                           self.mask_rois_per_image, self.distiller.held_factors)
         if check_finite:
             flags = self._nonfinite_flags(student_out.features, teacher_out.features)
             previous = self._nonfinite
@@ -280,10 +282,12 @@ class MGDDistiller(nn.Module):
 @register_config_check
 def check_student(cfg) -> Iterator[str]:
     """MGD.STUDENT_META_ARCHITECTURE (built by build_student), MGD.CHECK_FINITE_PERIOD and
-    MGD.RCNN.ROIS_PER_IMAGE."""
+    MGD.RCNN.*."""
     yield from number_problems(cfg, "MGD.CHECK_FINITE_PERIOD", minimum=0, integer=True, hint=" (0 disables it)")
     yield from number_problems(cfg, "MGD.RCNN.ROIS_PER_IMAGE", minimum=1, integer=True,
                                hint=" (distillation ROIs per image of the ROI_KD / ROI_BOX / MASK_KD pathways)")
+    yield from number_problems(cfg, "MGD.RCNN.MASK_ROIS_PER_IMAGE", minimum=1, integer=True,
+                               hint=" (the most mask ROIs per image of the MASK_KD pathway)")
     arch = cfg.MGD.STUDENT_META_ARCHITECTURE
     if arch == MGD_META_ARCHITECTURE or not isinstance(arch, str) or not arch:
         yield (f"MGD.STUDENT_META_ARCHITECTURE must name a plain detector, e.g. 'RetinaNet' or "

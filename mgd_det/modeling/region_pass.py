@@ -49,26 +49,45 @@ def mask_head_outputs(roi_heads, features, rois: Sequence[torch.Tensor], select:
     return roi_heads.mask_head.layers(pooled)
 
 
+def mask_rois(class_logits: torch.Tensor, rois_per_image: Sequence[int], per_image: int) -> torch.Tensor:
+    """(R,) bool: per image, of the ROIs whose largest class is not background (the last
+    column), the ``per_image`` the teacher is surest are foreground (lowest background
+    probability). The cap bounds the mask heads' cost, which dominates a step otherwise (a mask
+    head is ~4x a box head per ROI)."""
+    background = torch.softmax(class_logits.float(), dim=1)[:, -1]
+    foreground = class_logits.argmax(dim=1) != class_logits.shape[1] - 1
+    keep = torch.zeros_like(foreground)
+    start = 0
+    for count in rois_per_image:
+        candidates = torch.where(foreground[start:start + count], background[start:start + count], 2.0)
+        order = candidates.argsort()[:per_image]
+        keep[start + order] = candidates[order] <= 1.0
+        start += count
+    return keep
+
+
 @torch.no_grad()
-def teacher_regions(teacher, teacher_out: TeacherOutput, rois: Sequence[torch.Tensor], masks: bool) -> RegionOutputs:
-    """The frozen teacher's box (and mask) head outputs on ``rois``; the mask ROIs are those
-    its largest class is not background on."""
+def teacher_regions(teacher, teacher_out: TeacherOutput, rois: Sequence[torch.Tensor], masks_per_image: int = 0
+                    ) -> RegionOutputs:
+    """The frozen teacher's box head outputs on ``rois``; with ``masks_per_image`` > 0 also its
+    mask head's on the mask ROIs (:func:`mask_rois`)."""
     logits, deltas = box_head_outputs(teacher.roi_heads, teacher_out.head_inputs, rois)
     regions = RegionOutputs(logits, deltas)
-    if masks:
-        regions.mask_rois = logits.argmax(dim=1) != logits.shape[1] - 1
+    if masks_per_image:
+        regions.mask_rois = mask_rois(logits, [len(r) for r in rois], masks_per_image)
         regions.mask_logits = mask_head_outputs(teacher.roi_heads, teacher_out.head_inputs, rois, regions.mask_rois)
     return regions
 
 
 def attach_regions(student, teacher, student_out: NetOutputs, teacher_out: TeacherOutput, reads,
-                   per_image: int, held: HeldFactors) -> None:
-    """Fill ``regions`` of both outputs for the kinds in ``reads`` (REGIONS, MASKS)."""
+                   per_image: int, masks_per_image: int, held: HeldFactors) -> None:
+    """Fill ``regions`` of both outputs for the kinds in ``reads`` (REGIONS, MASKS):
+    ``per_image`` distillation ROIs, at most ``masks_per_image`` of them mask ROIs."""
     masks = MASKS in reads
 
     def teacher_side():
         rois = distillation_rois(student_out.proposals, per_image)
-        return rois, teacher_regions(teacher, teacher_out, rois, masks)
+        return rois, teacher_regions(teacher, teacher_out, rois, masks_per_image if masks else 0)
 
     rois, teacher_out.regions = held.factor(HELD_KEY, teacher_side)
     regions = RegionOutputs(None, None, mask_rois=teacher_out.regions.mask_rois)

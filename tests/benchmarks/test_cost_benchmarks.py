@@ -231,3 +231,12 @@ def test_worker_peak_memory_is_its_own_not_the_parents():
     out = proc.stdout
     assert ballast[-1] == 1.0
     assert 0 < float(out) < 1_000, out
+
+
+@pytest.mark.slow
+def test_rcnn_output_cost_measures_every_arm_on_one_batch(tiny_datasets):
+    from benchmarks.rcnn_outputs import ARMS, measure
+
+    result = measure(batch_size=1, size=64, reps=1, warmup=0, rois=4)
+    assert set(result["seconds"]) == set(ARMS) and set(result["ratio_to_features"]) == {"+rpn", "+all"}
+    assert all(r["median"] > 0 for r in result["ratio_to_features"].values())

@@ -90,8 +90,19 @@ def test_the_rois_are_the_students_most_confident_proposals_pooled_by_both_nets(
     regions = teacher_out.regions
     assert regions.class_logits.shape == (len(batch) * 16, 11)  # 10 classes + background
     assert regions.box_deltas.shape == (len(batch) * 16, 40)
-    assert regions.mask_logits.shape[0] == int(regions.mask_rois.sum())
-    assert torch.equal(regions.mask_rois, regions.class_logits.argmax(dim=1) != 10)
+    assert regions.mask_logits.shape[0] == int(regions.mask_rois.sum()) > 0
+    foreground = regions.class_logits.argmax(dim=1) != 10
+    assert not (regions.mask_rois & ~foreground).any()
+    assert all(int(n) <= 8 for n in regions.mask_rois.view(len(batch), 16).sum(dim=1))  # MASK_ROIS_PER_IMAGE
+
+
+def test_mask_rois_are_the_teachers_surest_foreground_rois_of_each_image():
+    # two images of 3 ROIs, 2 classes + background; background probabilities per ROI:
+    # image 0: 0.1 (fg), 0.8 (bg), 0.3 (fg); image 1: 0.9 (bg), 0.2 (fg), 0.05 (fg)
+    logits = torch.tensor([[3.0, 0.0, 0.8], [0.0, 0.0, 2.0], [1.5, 0.0, 0.7],
+                           [0.0, 0.0, 3.0], [2.0, 0.0, 0.9], [0.0, 4.0, 1.0]])
+    assert region_pass.mask_rois(logits, [3, 3], 1).tolist() == [True, False, False, False, False, True]
+    assert region_pass.mask_rois(logits, [3, 3], 5).tolist() == [True, False, True, False, True, True]
 
 
 def test_distpro_probes_reuse_the_rois_and_teacher_outputs_recorded_at_the_base_point(model_and_batch, monkeypatch):
