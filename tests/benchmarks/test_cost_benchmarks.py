@@ -80,6 +80,10 @@ def test_measure_solver_keys():
 
 
 # ------------------------------------------------------------------ end to end
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("benchmarks.test_cost_benchmarks")
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")

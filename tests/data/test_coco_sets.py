@@ -29,6 +29,10 @@ from mgd_det.engine.trainer import ExplicitCOCOEvaluator, evaluation_tasks
 from mgd_det.errors import ConfigError, DataError
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("data.test_coco_sets")
+
+
 @pytest.fixture(scope="module")
 def own_data(tmp_path_factory, tiny_datasets):
     """A copy of the tiny train split as 'your own' data, plus a copy with bad boxes."""

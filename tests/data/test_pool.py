@@ -36,6 +36,10 @@ def _digest(folder):
     return out
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("data.test_pool")
+
+
 @pytest.fixture(scope="module")
 def tiny_pool(tmp_path_factory):
     root = str(tmp_path_factory.mktemp("pool_root"))

@@ -25,6 +25,10 @@ MGD_CONFIG = "mgd_retinanet_R50_R18_AMP.yaml"
 TEACHER = ["MGD.TEACHER.CONFIG_FILE", "retinanet_R18_FPN.yaml"]
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("engine.test_checkpoint_errors")
+
+
 @pytest.fixture(scope="module")
 def mgd_run(tmp_path_factory, tiny_cfg):
     """A finished 2-iteration MGD run (R18 teacher and student)."""

@@ -60,6 +60,10 @@ def test_trajectory_of_other_pathways_is_refused(tmp_path, tiny_cfg):
     assert "weighs pathways ['a', 'b']" in message and "amp_res2" in message
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("engine.test_distpro_errors")
+
+
 @pytest.fixture(scope="module")
 def finished_runs(tmp_path_factory, tiny_cfg):
     """One-iteration runs with learned and with constant weights (a checkpoint each)."""

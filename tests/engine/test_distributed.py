@@ -59,6 +59,10 @@ def _worker(cfg):
     torch.save(final, os.path.join(cfg.OUTPUT_DIR, f"final_rank{comm.get_rank()}.pt"))
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("engine.test_distributed")
+
+
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory, tiny_cfg):
     """Initial MGD weights (saved here, so a single process can redo the solve), then a

@@ -28,7 +28,8 @@ def test_a_label_free_mask_rcnn_student_trains_through_its_heads_outputs(tmp_pat
 
 def test_mixed_batches_keep_the_detection_losses_beside_the_output_distillation(tmp_path, tiny_cfg):
     cfg = tiny_cfg(LABEL_FREE, tmp_path, "DATASETS.TRAIN", "('mini_digits_tiny_train', 'mini_digits_tiny_train_images')",
-                   "SOLVER.IMS_PER_BATCH", "4", *SMALL)
+                   "SOLVER.IMS_PER_BATCH", "4", *SMALL, "SOLVER.MAX_ITER", "2",
+                   "MGD.PATHWAYS", str([f"{k[5:].upper()}:1.0" for k in sorted(OUTPUT_LOSSES)]))
     _, losses = run(cfg)
     for step in losses.values():
         assert OUTPUT_LOSSES | DETECTION_LOSSES <= set(step)

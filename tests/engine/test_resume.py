@@ -113,6 +113,10 @@ def test_resume_equals_uninterrupted_run(tmp_path, tiny_cfg, config_name, opts):
 
 
 # ------------------------------------------------------------------------ bad input
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("engine.test_resume")
+
+
 @pytest.fixture(scope="module")
 def short_run(tmp_path_factory, tiny_cfg):
     """A finished 2-iteration MGD run (R18 teacher and student) with a checkpoint each step."""

@@ -15,6 +15,10 @@ from mgd_det.data.pool import relevance_flags
 from mgd_det.data.preferential_sampler import sampling_precision
 from test_resume import run
 
+# One worker runs this file's tests (pytest -n 2 --dist loadgroup): the session's trained
+# teacher (about a minute) is then trained once, not once per worker.
+pytestmark = pytest.mark.xdist_group("trained_teacher")
+
 LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
 UNINFORMATIVE = "carry no information"
 

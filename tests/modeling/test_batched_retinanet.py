@@ -26,6 +26,10 @@ def build(meta_architecture, *opts):
     return build_model(cfg)
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("modeling.test_batched_retinanet")
+
+
 @pytest.fixture(scope="module")
 def pair():
     """(Detectron2's RetinaNet, BatchedRetinaNet) with the same weights."""

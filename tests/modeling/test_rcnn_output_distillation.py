@@ -8,12 +8,14 @@ import pytest
 import torch
 from detectron2.data import build_detection_train_loader
 from detectron2.modeling import build_model
+from detectron2.utils.env import seed_all_rng
 from detectron2.utils.events import EventStorage
 
 from mgd_det.errors import ConfigError
 from mgd_det.modeling import region_pass
 
-pytestmark = pytest.mark.slow
+# slow; one worker runs this file (pytest -n 2 --dist loadgroup): its module fixture is built once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("modeling.test_rcnn_output_distillation")]
 
 STUDENT = "mgd_mask_rcnn_R50_R18_AMP.yaml"
 # an R18 teacher keeps the model small; the pathways do not depend on the teacher's depth
@@ -32,7 +34,7 @@ HEAD_OF = {"rpn_kd": "proposal_generator.rpn_head.objectness_logits.weight",
 @pytest.fixture(scope="module")
 def model_and_batch(tiny_cfg, tmp_path_factory):
     cfg = tiny_cfg(STUDENT, tmp_path_factory.mktemp("rcnn"), *TEACHER, *ALL)
-    torch.manual_seed(0)
+    seed_all_rng(0)
     model = build_model(cfg)
     _opinionated(model.teacher)
     batch = next(iter(build_detection_train_loader(cfg)))
@@ -132,7 +134,7 @@ def test_distpro_probes_reuse_the_rois_and_teacher_outputs_recorded_at_the_base_
 def test_a_fixed_batchs_output_distillation_loss_falls_step_by_step(tiny_cfg, tmp_path):
     cfg = tiny_cfg(STUDENT, tmp_path, *TEACHER, "MGD.PATHWAYS", str([f"{f}:1.0" for f in OUTPUT_FAMILIES]),
                    "MGD.RCNN.ROIS_PER_IMAGE", "16")
-    torch.manual_seed(0)
+    seed_all_rng(0)  # the model's weights and the loader's order, whatever ran before
     model = build_model(cfg)
     _opinionated(model.teacher)
     batch = _unlabeled(next(iter(build_detection_train_loader(cfg))))

@@ -26,6 +26,10 @@ BUDGETS = {
 }
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("modeling.test_sync_budget")
+
+
 @pytest.fixture(scope="module")
 def counts(tiny_datasets):
     return {

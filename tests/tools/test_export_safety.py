@@ -18,6 +18,10 @@ export = load_tool("export_student")
 PLAIN = config_path("retinanet_R18_FPN.yaml")
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("tools.test_export_safety")
+
+
 @pytest.fixture(scope="module")
 def mgd_checkpoint(tmp_path_factory, tiny_teacher_weights):
     """An MGD checkpoint whose student is a (fixed-seed) RetinaNet R18 of the tiny configs."""

@@ -49,6 +49,10 @@ print("REPORT " + json.dumps(report))
 """
 
 
+# One worker runs this file (pytest -n 2 --dist loadgroup): its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("tools.test_export_student")
+
+
 @pytest.fixture(scope="module")
 def mgd_run(tmp_path_factory, tiny_cfg):
     """A 2-iteration MGD run (R18 teacher and student): its config and trainer."""
