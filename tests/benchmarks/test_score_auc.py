@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 
+from _dense_heads import dense_teacher_head
 from benchmarks.score_auc import gradient_shares, old_box_loss, roc_auc
 
 CLASSES = 3
@@ -12,13 +13,7 @@ CLASSES = 3
 
 def _batch(num_fg=4, num_bg=400, seed=0):
     """One level (1, A*C, 1, anchors) with A = 1: ``num_fg`` anchors at p 0.9, the rest at 0.05-0.3."""
-    gen = torch.Generator().manual_seed(seed)
-    anchors = num_fg + num_bg
-    p = 0.01 + 0.02 * torch.rand(anchors, CLASSES, generator=gen)
-    p[num_fg:, 0] = 0.05 + 0.25 * torch.rand(num_bg, generator=gen)
-    p[:num_fg, 1] = 0.9
-    t_logits = torch.logit(p).t().reshape(1, CLASSES, 1, anchors)
-    t_deltas = torch.randn(1, 4, 1, anchors, generator=gen)
+    t_logits, t_deltas = dense_teacher_head(num_fg, num_bg, CLASSES, 0.9, seed)
     s_logits = torch.full_like(t_logits, -4.0)
     s_deltas = torch.zeros_like(t_deltas)
     return [s_logits], [s_deltas], [t_logits], [t_deltas]

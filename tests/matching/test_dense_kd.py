@@ -8,6 +8,7 @@ import math
 import pytest
 import torch
 
+from _dense_heads import dense_teacher_head
 from _tiny import MINI
 from mgd_det.config import setup_cfg
 from mgd_det.config_checks import validate_mgd_config
@@ -25,16 +26,8 @@ LABEL_FREE = "mgd_retinanet_R50_R18_labelfree_pool.yaml"
 
 
 def _teacher_head(num_background, num_foreground=6, seed=0):
-    """One level, (1, 1*C, 1, anchors): foreground anchors at p ~0.8 for one class; background
-    anchors at p 0.05-0.3 (a realistic teacher's crowd of low-confidence anchors)."""
-    gen = torch.Generator().manual_seed(seed)
-    anchors = num_foreground + num_background
-    p = 0.01 + 0.02 * torch.rand(anchors, CLASSES, generator=gen)
-    p[num_foreground:, 0] = 0.05 + 0.25 * torch.rand(num_background, generator=gen)
-    p[:num_foreground, 1] = 0.8
-    logits = torch.logit(p).t().reshape(1, CLASSES, 1, anchors)
-    deltas = torch.randn(1, 4, 1, anchors, generator=gen)
-    return logits, deltas
+    """Foreground anchors at p 0.8 for one class, background at p 0.05-0.3."""
+    return dense_teacher_head(num_foreground, num_background, CLASSES, 0.8, seed)
 
 
 def _kd_grad_on_foreground(num_background):
