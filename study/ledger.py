@@ -24,7 +24,10 @@ project's defaults, the config file, the study's overrides), serialised as sorte
 Everything else is in, ``MODEL.DEVICE`` included ("cuda" / "cpu": a CPU run never stands in
 for a GPU one), ``DATALOADER.NUM_WORKERS`` too (it changes the order of the batches) and
 ``TEST.EVAL_PERIOD`` (it decides which evaluations the entry holds). A new config key or a
-changed default changes every hash: the conservative side, since it may change results.
+changed default changes every hash: the conservative side, since it may change results. The
+exception is :data:`LATER_KEYS`: keys added after runs were recorded whose default reproduces
+what those runs did; at that default they are left out, so the recorded runs keep their hashes
+(``tests/study/test_ledger.py`` recomputes the CPU study's recorded hashes).
 
 A student is keyed on its teacher's *recipe* (the teacher's config hash and seed are in the
 student's hash), not on the teacher's weights: the teacher is retrained from the same seed on
@@ -34,6 +37,7 @@ students of two sessions add up. Each entry records the exact teacher it learned
 visible in the ledger and the report.
 """
 import datetime
+import functools
 import hashlib
 import json
 import logging
@@ -58,6 +62,9 @@ EXCLUDED_KEYS = (
     "MGD.UNLABELED.SCORE_LOG_PERIOD", "MGD.UNLABELED.STATS_PERIOD", "MGD.CHECK_FINITE_PERIOD",
     "MGD.UNLABELED.SCORE_CACHE",
 )
+# Keys added after runs were recorded, hashed only when they differ from the project's
+# default (module docstring): the two-stage output pathways' ROI counts (issue 29).
+LATER_KEYS = ("MGD.RCNN.ROIS_PER_IMAGE", "MGD.RCNN.MASK_ROIS_PER_IMAGE")
 # Keys naming a file whose content (or the study run that wrote it) is what matters.
 FILE_KEYS = ("MODEL.WEIGHTS", "MGD.TEACHER.WEIGHTS", "MGD.DISTPRO.TRAJECTORY")
 
@@ -98,11 +105,34 @@ def _plain(value):
     return value
 
 
-def _pop(tree: dict, dotted: str):
+def _pop(tree: dict, dotted: str, prune: bool = False):
+    """Remove and return ``dotted`` (None if absent); ``prune``: parents left empty go too."""
     *parents, leaf = dotted.split(".")
+    path = [tree]
     for part in parents:
-        tree = tree.get(part, {})
-    return tree.pop(leaf, None)
+        path.append(path[-1].get(part, {}))
+    value = path[-1].pop(leaf, None)
+    if prune:
+        for parent, part in reversed(list(zip(path[:-1], parents))):
+            if parent.get(part) == {}:
+                del parent[part]
+    return value
+
+
+def _get(tree: dict, dotted: str):
+    for part in dotted.split("."):
+        if not isinstance(tree, dict) or part not in tree:
+            return None
+        tree = tree[part]
+    return tree
+
+
+@functools.lru_cache(maxsize=1)
+def _default_tree() -> dict:
+    """The project's default config as plain data (Detectron2 imported only when hashing)."""
+    from mgd_det.config import get_mgd_cfg
+
+    return _plain(get_mgd_cfg())
 
 
 def _put(tree: dict, dotted: str, value) -> None:
@@ -122,6 +152,10 @@ def config_hash(cfg, identities: Optional[Dict[str, str]] = None) -> str:
     tree = _plain(cfg)
     for key in EXCLUDED_KEYS:
         _pop(tree, key)
+    defaults = _default_tree()
+    for key in LATER_KEYS:
+        if _get(tree, key) == _get(defaults, key):
+            _pop(tree, key, prune=True)
     for key in FILE_KEYS:
         path = _pop(tree, key)
         if key in identities:

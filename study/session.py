@@ -224,8 +224,27 @@ class _Session:
         self.commit = ledger.git_commit()
         # Runs side by side on the CPU share its cores (one thread each on two cores: 1.27x
         # the images per second of one run on both, benchmarks/cpu_levers.py).
-        cores = os.cpu_count() or 1
-        self.threads = max(1, cores // parallel) if parallel > 1 and device.lower().startswith("cpu") else None
+        self.cores = os.cpu_count() or 1
+        self.threads = max(1, self.cores // parallel) if parallel > 1 and device.lower().startswith("cpu") else None
+
+    def threads_for(self, key: str) -> Optional[int]:
+        """A run's CPU threads: its share of the cores, or every core when no other run of the
+        plan can run beside it (every one needs its weights, e.g. the teacher of a group whose
+        students all learn from it) -- a slot left idle for its whole length otherwise."""
+        if self.threads is None:
+            return None
+        others = [p.job.key for p in self.plan.run if p.job.key != key]
+        return self.cores if all(key in self._needs_of(k) for k in others) else self.threads
+
+    def _needs_of(self, key: str) -> set:
+        """Every run ``key`` waits for, directly or through another."""
+        found, stack = set(), list(self.jobs[key].job.needs)
+        while stack:
+            need = stack.pop()
+            if need not in found:
+                found.add(need)
+                stack.extend(self.jobs[need].job.needs if need in self.jobs else ())
+        return found
 
     def _folder(self, key: str) -> str:
         return os.path.join(self.out_root, self.jobs[key].folder_name)
@@ -266,7 +285,7 @@ class _Session:
         if start:
             opts += ["MODEL.WEIGHTS", os.path.join(self._folder(sj.start_from), "model_final.pth")]
         folder = self._folder(key)
-        metrics = run_training(sj.config, folder, opts, threads=self.threads)
+        metrics = run_training(sj.config, folder, opts, threads=self.threads_for(key))
         entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start, self.commit)
         ledger.write_entry(self.ledger_dir, entry)
         ledger.write_entry(folder, entry, ENTRY_FILE)

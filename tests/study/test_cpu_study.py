@@ -111,6 +111,21 @@ def test_side_by_side_cpu_runs_get_one_thread_each(monkeypatch):
     assert threads("NVIDIA H200, 16 cores", 4) is None  # GPU runs keep torch's own choice
 
 
+@pytest.mark.parametrize("students, teacher_threads", [(["SM", "RD"], 2), (["baseline", "AMP"], 1)])
+def test_a_run_nothing_can_run_beside_gets_every_core(monkeypatch, students, teacher_threads):
+    """The reducers group's teacher trains alone (all its students need it): both cores; the
+    core group's teacher trains beside the baselines: one. Students always share."""
+    from study.plan import plan_study
+    from study.session import TEACHER_KEY, _Session
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 2)
+    wanted, jobs = build_study("cpu", students, [0, 1])
+    plan = plan_study(wanted, [], "cpu, 2 cores", parallel=2, jobs={k: j.job for k, j in jobs.items()})
+    session = _Session(jobs, plan, "out", "ledger", "cpu", "cpu, 2 cores", 2, {})
+    assert session.threads_for(TEACHER_KEY) == teacher_threads
+    assert {session.threads_for(f"{s}/seed{seed}") for s in students for seed in (0, 1)} == {1}
+
+
 def test_pilot_seeds_and_groups():
     check_seeds("cpu", [0, 1, 2])
     with pytest.raises(ValueError, match="seeds must be >= 100"):
