@@ -20,7 +20,8 @@ logger = logging.getLogger(__name__)
 
 # MODEL.DEVICE value meaning "not set by the config file or the command line".
 AUTO = "auto"
-# Messages already shown through the fallback of _log_start_line (once per process).
+# Messages already logged / shown through the fallback of _log_start_line (once per process each).
+_LOGGED: Set[str] = set()
 _SHOWN: Set[str] = set()
 
 
@@ -71,11 +72,14 @@ def resolve_cfg_device(cfg, cuda_available: Optional[bool] = None) -> str:
 
 
 def _log_start_line(message: str) -> None:
-    """INFO through this module's logger; while no logging is configured yet (tools/train_net.py
-    configures its loggers only after reading the config) on stderr through logging's handler
-    of last resort instead, once per process and on rank 0 only."""
+    """INFO through this module's logger, once per process (a study resolves dozens of configs);
+    while no logging is configured yet (tools/train_net.py configures its loggers only after
+    reading the config) on stderr through logging's handler of last resort instead, once per
+    process and on rank 0 only."""
     if logger.hasHandlers():
-        logger.info(message)
+        if message not in _LOGGED:
+            _LOGGED.add(message)
+            logger.info(message)
         return
     if message in _SHOWN or (dist.is_available() and dist.is_initialized() and dist.get_rank() != 0):
         return

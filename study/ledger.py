@@ -77,7 +77,7 @@ FIELDS = {
     "start": (dict, type(None)), "date": (str,), "git_commit": (str, type(None)),
 }
 # Fields added later: checked when present (entries written before them lack them).
-OPTIONAL_FIELDS = {"pilot": (bool,), "evaluated_on": (str,)}
+OPTIONAL_FIELDS = {"pilot": (bool,), "evaluated_on": (str,), "trajectory": (dict, type(None))}
 ROLES = ("teacher", "student", "finetune")
 
 

@@ -30,23 +30,34 @@ STUDENTS = {
     "RD": "mgd_retinanet_R50_R18_RD.yaml",
     "SP": "mgd_retinanet_R50_R18_SP.yaml",
     "AMP_KD": "mgd_retinanet_R50_R18_AMP_KD.yaml",
-    # Learned pathway weights (DistPro).
+    # Learned pathway weights (DistPro): the search (weights learned by the meta-step on a
+    # held-out share of the training images), its trajectory replayed on the whole training
+    # set, and the same six pathways at their configured factors.
     "DistPro": "mgd_retinanet_R50_R18_distpro.yaml",
+    "DistPro_replay": "mgd_retinanet_R50_R18_distpro_replay.yaml",
+    "DistPro_fixed": "mgd_retinanet_R50_R18_distpro_fixed.yaml",
     # Label-free students (no annotation read): the training images as an unlabeled folder
     # (the reference), the heterogeneous pool by teacher score, and the pool uniformly.
     "LF_train": "mgd_retinanet_R50_R18_labelfree_train.yaml",
     "LF_pool": "mgd_retinanet_R50_R18_labelfree_pool.yaml",
     "LF_pool_uniform": "mgd_retinanet_R50_R18_labelfree_pool_uniform.yaml",
 }
+# Rows that read a file another study run writes: row -> (config key, the row that writes it,
+# the file in that run's folder). The writer is trained once, at the mode's teacher seed.
+ROW_INPUTS = {"DistPro_replay": ("MGD.DISTPRO.TRAJECTORY", "DistPro", "distpro_trajectory.json")}
+# Config overrides of a row, after the schedule's: the DistPro rows are evaluated every 250
+# iterations, so that each has an AP at half its schedule (issue 27's DistPro target).
+STUDENT_OPTS = {name: ["TEST.EVAL_PERIOD", "250"] for name in ("DistPro", "DistPro_replay", "DistPro_fixed")}
 # Named groups of students for --students.
 STUDENT_GROUPS = {"labelfree": ["baseline", "LF_train", "LF_pool", "LF_pool_uniform"]}
 # The study's groups (--group): students, and whether the fine-tuning rows belong to it.
-# Each is self-contained (its own teacher, trained from the mode's teacher seed). Not yet
-# here: DistPro (search, replay, the 50 % comparison) and label-free (needs a 64² pool for
-# the cpu mode); --students runs their rows by hand.
+# Each is self-contained (its own teacher, trained from the mode's teacher seed, or the one
+# already on this machine); the DistPro group's search run comes with its replay row.
 STUDY_GROUPS = {
     "core": (["baseline", "AMP"], False),
     "reducers": (["SM", "RD", "SP", "AMP_KD"], False),
+    "labelfree": (["LF_train", "LF_pool", "LF_pool_uniform"], False),
+    "distpro": (["DistPro_fixed", "DistPro_replay"], False),
     "finetune": (["baseline"], True),
 }
 TEACHER = "retinanet_R50_FPN.yaml"
@@ -113,6 +124,9 @@ class Schedule:
         """The data set this mode uses for a config's ``name``: its own set, then, in a
         pilot, that set's training slice."""
         name = self.datasets.get(name, name)
+        if self.pilot and name in PILOT_REFUSED:
+            raise ValueError(f"a pilot cannot train on {name!r}: it holds the held-out slice's images "
+                             f"(pilots are judged on them); run label-free pilots from the pool")
         return PILOT_DATASETS.get(name, name) if self.pilot else name
 
     def _eval_opts(self) -> List[str]:
@@ -129,15 +143,19 @@ PILOT_DATASETS = {
     "mini_digits_train": "mini_digits_train_fit", "mini_digits_val": "mini_digits_train_holdout",
     "mini_digits64_train": "mini_digits64_train_fit", "mini_digits64_val": "mini_digits64_train_holdout",
 }
+# Image-only views of whole training splits: a pilot trained on one would see its held-out slice.
+PILOT_REFUSED = ("mini_digits_train_images", "mini_digits64_train_images")
 
 # The CPU study's recipe (issue 27; docs/results/study/PROTOCOL.md): the 64² mini digits sets
 # (digits as large in pixels as at 128², a quarter of the FLOPs per image), the R50 teacher
 # three times the students' iterations (from scratch it learns ~3x more slowly per iteration
 # than the R18, pilot 2), students 1,500 iterations at batch 16 (6 epochs of the 4,000
-# training images), evaluated every 500; loading in the training process.
+# training images), evaluated every 500; loading in the training process; the label-free rows
+# read the 64² pool (4,000 images, 20% with digits) or the 64² training images as a folder.
 _CPU = dict(teacher_iters=4500, student_iters=1500, batch=16, student_lr=0.02, finetune_iters=500,
             finetune_lr=0.002, eval_period=500, input_side=64, loader_workers=0,
-            datasets={"mini_digits_train": "mini_digits64_train", "mini_digits_val": "mini_digits64_val"})
+            datasets={"mini_digits_train": "mini_digits64_train", "mini_digits_val": "mini_digits64_val",
+                      "mini_digits_pool": "mini_digits64_pool", "mini_digits_train_images": "mini_digits64_train_images"})
 
 MODES = {
     # A few minutes per run on 2 CPU cores: short teacher, short students, half batches.
@@ -287,6 +305,8 @@ def run_study(mode: str, students: Sequence[str], seeds: Sequence[int], out_root
     logger.info("Study %s on %s: students %s, seeds %s", mode, device_description(), students, list(seeds))
     if MODES[mode].tiny or MODES[mode].input_side or MODES[mode].pilot:
         raise ValueError(f"mode {mode!r} runs only as a budgeted study: add --ledger DIR")
+    if any(s in ROW_INPUTS for s in students):
+        raise ValueError(f"{sorted(set(students) & set(ROW_INPUTS))} read another run's file: add --ledger DIR")
     schedule = MODES[mode]
     teacher_dir = os.path.join(out_root, "teacher_R50")
     teacher = run_training(os.path.join(CONFIGS, TEACHER), teacher_dir,

@@ -25,7 +25,9 @@ from study.runner import (
     CONFIGS,
     FINETUNES,
     MODES,
+    ROW_INPUTS,
     STUDENTS,
+    STUDENT_OPTS,
     TEACHER,
     TEACHER_NAME,
     check_seeds,
@@ -51,6 +53,13 @@ TINY_OPTS = ["INPUT.MIN_SIZE_TRAIN", "(64,)", "INPUT.MAX_SIZE_TRAIN", "64", "INP
              "INPUT.MAX_SIZE_TEST", "64", "MGD.UPDATE.NUM_BATCHES", "2", "DATALOADER.NUM_WORKERS", "0"]
 
 
+# The config keys through which a run reads another study run's file, and the file.
+TEACHER_WEIGHTS = "MGD.TEACHER.WEIGHTS"
+START_WEIGHTS = "MODEL.WEIGHTS"
+TRAJECTORY = "MGD.DISTPRO.TRAJECTORY"
+WEIGHTS_FILE = "model_final.pth"
+
+
 @dataclass
 class StudyJob:
     """A planned run with what it takes to train it."""
@@ -59,8 +68,19 @@ class StudyJob:
     config: str
     opts: List[str]
     cfg: object  # the resolved config (for iterations and batch)
-    teacher: bool  # learns from the teacher
-    start_from: Optional[str] = None  # key of the run whose weights it starts from
+    # config key -> (key of the study run that writes the file, the file's name in its folder):
+    # the teacher's weights, the start weights, a learned run's trajectory.
+    inputs: Dict[str, tuple] = field(default_factory=dict)
+
+    @property
+    def teacher(self) -> bool:
+        """Learns from the teacher."""
+        return TEACHER_WEIGHTS in self.inputs
+
+    @property
+    def start_from(self) -> Optional[str]:
+        """Key of the run whose weights it starts from."""
+        return self.inputs[START_WEIGHTS][0] if START_WEIGHTS in self.inputs else None
 
     @property
     def folder_name(self) -> str:
@@ -124,21 +144,21 @@ class StudyBuilder:
         return cfg, opts + self.extra_opts, ledger.config_hash(cfg, identities)
 
     def add(self, key: str, name: str, role: str, seed: int, config: str, opts: List[str],
-            teacher: bool = False, start_from: Optional[str] = None) -> StudyJob:
+            teacher: bool = False, inputs: Optional[Dict[str, tuple]] = None) -> StudyJob:
+        """``inputs``: config key -> (study run key, file name) it reads besides the teacher."""
         if key in self.jobs:
             return self.jobs[key]
-        identities, needs = {}, []
+        inputs = dict(inputs or {})
         if teacher:
-            t = self.teacher()
-            identities["MGD.TEACHER.WEIGHTS"] = ledger.run_identity(t.job.name, t.job.config_hash, t.job.seed)
-            needs.append(t.job.key)
-        if start_from:
-            s = self.jobs[start_from]
-            identities["MODEL.WEIGHTS"] = ledger.run_identity(s.job.name, s.job.config_hash, s.job.seed)
-            needs.append(start_from)
+            inputs[TEACHER_WEIGHTS] = (self.teacher().job.key, WEIGHTS_FILE)
+        identities = {}
+        for cfg_key, (run_key, _) in inputs.items():
+            writer = self.jobs[run_key].job
+            identities[cfg_key] = ledger.run_identity(writer.name, writer.config_hash, writer.seed)
         cfg, opts, digest = self._resolve(config, opts + ["SEED", str(seed)], identities)
-        job = Job(key, name, role, seed, digest, int(cfg.SOLVER.MAX_ITER), tuple(needs))
-        self.jobs[key] = StudyJob(job, config, opts, cfg, teacher, start_from)
+        needs = tuple(dict.fromkeys(run_key for run_key, _ in inputs.values()))
+        job = Job(key, name, role, seed, digest, int(cfg.SOLVER.MAX_ITER), needs)
+        self.jobs[key] = StudyJob(job, config, opts, cfg, inputs)
         return self.jobs[key]
 
     def teacher(self) -> StudyJob:
@@ -147,28 +167,39 @@ class StudyBuilder:
                         s.solver_opts(s.teacher_iters))
 
     def student(self, name: str, seed: int) -> StudyJob:
+        """A student row at ``seed``, after the run whose file it reads (ROW_INPUTS; that run
+        is trained once, at the mode's teacher seed)."""
         s = self.schedule
+        inputs = {}
+        if name in ROW_INPUTS:
+            cfg_key, writer, file_name = ROW_INPUTS[name]
+            inputs[cfg_key] = (self.student(writer, s.teacher_seed).job.key, file_name)
         return self.add(f"{name}/seed{seed}", name, "student", seed, os.path.join(CONFIGS, STUDENTS[name]),
-                        s.solver_opts(s.student_iters), teacher=name != "baseline")
+                        s.solver_opts(s.student_iters) + STUDENT_OPTS.get(name, []), teacher=name != "baseline",
+                        inputs=inputs)
 
     def finetune(self, name: str, seed: int) -> StudyJob:
         config, distils = FINETUNES[name]
         base = self.student("baseline", seed)
         # The start weights' path is filled in when the run starts (_Session._train); hashed by identity.
         return self.add(f"{name}/seed{seed}", name, "finetune", seed, os.path.join(CONFIGS, config),
-                        self.schedule.finetune_opts(""), teacher=distils, start_from=base.job.key)
+                        self.schedule.finetune_opts(""), teacher=distils,
+                        inputs={START_WEIGHTS: (base.job.key, WEIGHTS_FILE)})
 
 
 def build_study(mode: str, students: Sequence[str], seeds: Sequence[int], finetune: bool = False,
                 extra_opts: Sequence[str] = ()) -> tuple:
     """(wanted jobs in priority order, every StudyJob by key): the teacher first when a run
-    learns from it, then seed by seed every student (so a partial study has every row at one
-    seed before any at two), then the fine-tuning rows."""
+    learns from it, then the runs whose files a row reads (the DistPro search), then seed by
+    seed every student (so a partial study has every row at one seed before any at two), then
+    the fine-tuning rows."""
     students = check_study(mode, students, finetune)
     check_seeds(mode, seeds)
     builder = StudyBuilder(mode, extra_opts)
     wanted = [builder.student(name, seed) for seed in seeds for name in students]
     wanted += [builder.finetune(name, seed) for seed in seeds for name in (FINETUNES if finetune else ())]
+    keys = {j.job.key for j in wanted}
+    wanted[:0] = [sj for key, sj in builder.jobs.items() if key not in keys and key != TEACHER_KEY]
     if any(j.teacher for j in wanted):
         wanted.insert(0, builder.teacher())
     return [j.job for j in wanted], builder.jobs
@@ -187,9 +218,11 @@ def local_entries(jobs: Dict[str, StudyJob], out_root: str) -> Dict[str, dict]:
 
 
 def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, device: str, parallel: int,
-               teacher: Optional[dict], start: Optional[dict], commit: Optional[str] = None) -> dict:
+               teacher: Optional[dict], start: Optional[dict], commit: Optional[str] = None,
+               trajectory: Optional[dict] = None) -> dict:
     """The ledger entry of a finished run in ``folder``; ``commit``: the code the run used (the
-    checkout when the session started; default: as it is now)."""
+    checkout when the session started; default: as it is now); ``trajectory``: the entry of
+    the learned run whose DistPro trajectory it replays."""
     job, when = sj.job, ledger.now()
     batch = int(sj.cfg.SOLVER.IMS_PER_BATCH)
     weights = os.path.join(folder, "model_final.pth")
@@ -204,6 +237,7 @@ def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, 
         "teacher": teacher and ledger.identity(teacher), "start": start and ledger.identity(start),
         "date": when.isoformat(), "git_commit": commit if commit is not None else ledger.git_commit(),
         "pilot": bool(MODES[mode].pilot), "evaluated_on": ",".join(sj.cfg.DATASETS.TEST),
+        "trajectory": trajectory and ledger.identity(trajectory),
     }
 
 
@@ -224,27 +258,8 @@ class _Session:
         self.commit = ledger.git_commit()
         # Runs side by side on the CPU share its cores (one thread each on two cores: 1.27x
         # the images per second of one run on both, benchmarks/cpu_levers.py).
-        self.cores = os.cpu_count() or 1
-        self.threads = max(1, self.cores // parallel) if parallel > 1 and device.lower().startswith("cpu") else None
-
-    def threads_for(self, key: str) -> Optional[int]:
-        """A run's CPU threads: its share of the cores, or every core when no other run of the
-        plan can run beside it (every one needs its weights, e.g. the teacher of a group whose
-        students all learn from it) -- a slot left idle for its whole length otherwise."""
-        if self.threads is None:
-            return None
-        others = [p.job.key for p in self.plan.run if p.job.key != key]
-        return self.cores if all(key in self._needs_of(k) for k in others) else self.threads
-
-    def _needs_of(self, key: str) -> set:
-        """Every run ``key`` waits for, directly or through another."""
-        found, stack = set(), list(self.jobs[key].job.needs)
-        while stack:
-            need = stack.pop()
-            if need not in found:
-                found.add(need)
-                stack.extend(self.jobs[need].job.needs if need in self.jobs else ())
-        return found
+        cores = os.cpu_count() or 1
+        self.threads = max(1, cores // parallel) if parallel > 1 and device.lower().startswith("cpu") else None
 
     def _folder(self, key: str) -> str:
         return os.path.join(self.out_root, self.jobs[key].folder_name)
@@ -280,13 +295,13 @@ class _Session:
         opts = list(sj.opts)
         teacher = self.entries[TEACHER_KEY] if sj.teacher else None
         start = self.entries[sj.start_from] if sj.start_from else None
-        if teacher:
-            opts += ["MGD.TEACHER.WEIGHTS", os.path.join(self._folder(TEACHER_KEY), "model_final.pth")]
-        if start:
-            opts += ["MODEL.WEIGHTS", os.path.join(self._folder(sj.start_from), "model_final.pth")]
+        for cfg_key, (run_key, file_name) in sj.inputs.items():
+            opts += [cfg_key, os.path.join(self._folder(run_key), file_name)]
         folder = self._folder(key)
-        metrics = run_training(sj.config, folder, opts, threads=self.threads_for(key))
-        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start, self.commit)
+        metrics = run_training(sj.config, folder, opts, threads=self.threads)
+        trajectory = self.entries[sj.inputs[TRAJECTORY][0]] if TRAJECTORY in sj.inputs else None
+        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start, self.commit,
+                           trajectory)
         ledger.write_entry(self.ledger_dir, entry)
         ledger.write_entry(folder, entry, ENTRY_FILE)
         with self.lock:

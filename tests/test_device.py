@@ -110,3 +110,18 @@ def test_device_line_reaches_stderr_once_before_logging_is_configured(monkeypatc
         cfg.MODEL.DEVICE = "cpu"
         device_module.resolve_cfg_device(cfg, cuda_available=False)
     assert capsys.readouterr().err == "Device: cpu (MODEL.DEVICE set explicitly)\n"
+
+
+def test_device_line_is_logged_once_per_process(monkeypatch):
+    """A study resolves dozens of configs in one process: one device line in its log."""
+    from mgd_det import device as device_module
+
+    lines = []
+    monkeypatch.setattr(device_module.logger, "hasHandlers", lambda: True)
+    monkeypatch.setattr(device_module.logger, "info", lines.append)
+    monkeypatch.setattr(device_module, "_LOGGED", set())
+    cfg = get_mgd_cfg()
+    for _ in range(3):
+        cfg.MODEL.DEVICE = "cpu"
+        device_module.resolve_cfg_device(cfg, cuda_available=False)
+    assert lines == ["Device: cpu (MODEL.DEVICE set explicitly)"]

@@ -86,6 +86,11 @@ class PoolSpec:
 # mini digits training split; the tiny pool matches the tiny sets used by the tests.
 POOL_SPECS: Dict[str, PoolSpec] = {
     "mini_digits_pool": PoolSpec("mini_digits_pool"),
+    # The CPU study's pool (issue 27, label-free group): 64x64 like the mini_digits64 sets and
+    # as many images as their training split (4,000), 20% of them with 1-3 digits of 16-48 px.
+    "mini_digits64_pool": PoolSpec(
+        "mini_digits64_pool", num_images=4000, image_size=64, max_digits=3, digit_scale=(16, 48),
+    ),
     "mini_digits_pool_tiny": PoolSpec(
         "mini_digits_pool_tiny", num_images=32, relevant_share=0.25, image_size=64,
         max_digits=3, digit_scale=(12, 32),

@@ -324,7 +324,11 @@ def _split_images_loader(split: str, name: str):
 
 
 # Unlabeled views of labeled bundled splits: the reference of label-free distillation.
-SPLIT_IMAGE_SETS = {"mini_digits_train_images": "mini_digits_train", "mini_digits_tiny_train_images": "mini_digits_tiny_train"}
+SPLIT_IMAGE_SETS = {
+    "mini_digits_train_images": "mini_digits_train",
+    "mini_digits64_train_images": "mini_digits64_train",  # the CPU study's label-free reference
+    "mini_digits_tiny_train_images": "mini_digits_tiny_train",
+}
 
 
 def register_bundled_pools() -> None:

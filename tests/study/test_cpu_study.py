@@ -9,7 +9,7 @@ import pytest
 from mgd_det.data.train_slices import TrainSlice, ensure_slice_json, slice_coco
 from mgd_det.errors import DataError
 from study import ledger
-from study.runner import MODES, PILOT_MIN_SEED, STUDY_GROUPS, check_seeds
+from study.runner import MODES, PILOT_MIN_SEED, STUDY_GROUPS, check_seeds, run_study
 from study.session import build_study, schedule_opts
 from study.stats import compare
 
@@ -111,21 +111,6 @@ def test_side_by_side_cpu_runs_get_one_thread_each(monkeypatch):
     assert threads("NVIDIA H200, 16 cores", 4) is None  # GPU runs keep torch's own choice
 
 
-@pytest.mark.parametrize("students, teacher_threads", [(["SM", "RD"], 2), (["baseline", "AMP"], 1)])
-def test_a_run_nothing_can_run_beside_gets_every_core(monkeypatch, students, teacher_threads):
-    """The reducers group's teacher trains alone (all its students need it): both cores; the
-    core group's teacher trains beside the baselines: one. Students always share."""
-    from study.plan import plan_study
-    from study.session import TEACHER_KEY, _Session
-
-    monkeypatch.setattr(os, "cpu_count", lambda: 2)
-    wanted, jobs = build_study("cpu", students, [0, 1])
-    plan = plan_study(wanted, [], "cpu, 2 cores", parallel=2, jobs={k: j.job for k, j in jobs.items()})
-    session = _Session(jobs, plan, "out", "ledger", "cpu", "cpu, 2 cores", 2, {})
-    assert session.threads_for(TEACHER_KEY) == teacher_threads
-    assert {session.threads_for(f"{s}/seed{seed}") for s in students for seed in (0, 1)} == {1}
-
-
 def test_pilot_seeds_and_groups():
     check_seeds("cpu", [0, 1, 2])
     with pytest.raises(ValueError, match="seeds must be >= 100"):
@@ -133,6 +118,29 @@ def test_pilot_seeds_and_groups():
     with pytest.raises(ValueError, match="seeds must be >= 100"):
         build_study("cpu_pilot", ["baseline"], [0])
     assert STUDY_GROUPS["core"] == (["baseline", "AMP"], False)
+
+
+def test_label_free_group_reads_the_64_pool_and_training_images():
+    wanted, jobs = build_study("cpu", STUDY_GROUPS["labelfree"][0], [0])
+    train = {j.name: tuple(jobs[j.key].cfg.DATASETS.TRAIN) for j in wanted}
+    assert train == {"teacher_R50": ("mini_digits64_train",), "LF_train": ("mini_digits64_train_images",),
+                     "LF_pool": ("mini_digits64_pool",), "LF_pool_uniform": ("mini_digits64_pool",)}
+    sampling = {j.name: jobs[j.key].cfg.MGD.UNLABELED.SAMPLING for j in wanted if j.name.startswith("LF_")}
+    assert sampling == {"LF_train": "uniform", "LF_pool": "preferential", "LF_pool_uniform": "uniform"}
+    assert all(jobs[j.key].cfg.INPUT.MAX_SIZE_TRAIN == 64 for j in wanted)
+    # A pilot may use the pool, never the whole training split's images (its held-out slice).
+    build_study("cpu_pilot", ["LF_pool"], [100])
+    with pytest.raises(ValueError, match="held-out slice"):
+        build_study("cpu_pilot", ["LF_train"], [100])
+
+
+def test_the_64_pool_is_the_training_split_s_size_and_scale():
+    from mgd_det.data.mini_digits import DEFAULT_SPECS
+    from mgd_det.data.pool import POOL_SPECS
+
+    pool, train = POOL_SPECS["mini_digits64_pool"], DEFAULT_SPECS["mini_digits64_train"]
+    assert (pool.num_images, pool.image_size, pool.max_digits) == (train.num_images, train.image_size, train.max_digits)
+    assert tuple(pool.digit_scale) == tuple(train.digit_scale) and pool.relevant_share == 0.2
 
 
 def test_optional_entry_fields_are_checked(tmp_path):
@@ -146,20 +154,57 @@ def test_optional_entry_fields_are_checked(tmp_path):
 
 @pytest.mark.slow
 def test_group_command_runs_its_rows_side_by_side(tmp_path, tiny_datasets):
-    """``--group core --parallel 2`` on the tiny split: the teacher, then each seed's baseline
-    and MGD-AMP, two runs at a time with one thread each, every run in the ledger with the
+    """``--group core --parallel 2`` on the tiny split: the teacher, then the baseline and
+    MGD-AMP, two runs at a time with one thread each, every run in the ledger with the
     session's commit."""
+    entries, log = _group(tmp_path, "core")
+    assert sorted((e["name"], e["seed"]) for e in entries) == [("AMP", 0), ("baseline", 0), ("teacher_R50", 0)]
+    assert all(e["parallel"] == 2 and e["git_commit"] == "abc1234" and e["pilot"] is False for e in entries)
+    assert {e["evaluated_on"] for e in entries} == {"mini_digits_tiny_val"}
+    # the baseline was planned before the MGD student (it waits for nothing)
+    assert log.index("run   baseline/seed0") < log.index("run   AMP/seed0")
+
+
+def _group(tmp_path, group):
     from _runner import run_tool
 
-    result = run_tool("distill_mini_digits", "--mode", "smoke", "--group", "core", "--seeds", "0,1",
+    result = run_tool("distill_mini_digits", "--mode", "smoke", "--group", group, "--seeds", "0",
                       "--parallel", "2", "--ledger", tmp_path / "ledger", "--out-dir", tmp_path / "out",
                       "MODEL.DEVICE", "cpu", env={"MGD_GIT_COMMIT": "abc1234"}, timeout=900)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    entries = ledger.read_ledger(str(tmp_path / "ledger"))
-    assert sorted((e["name"], e["seed"]) for e in entries) == [
-        ("AMP", 0), ("AMP", 1), ("baseline", 0), ("baseline", 1), ("teacher_R50", 0)]
-    assert all(e["parallel"] == 2 and e["git_commit"] == "abc1234" and e["pilot"] is False for e in entries)
-    assert {e["evaluated_on"] for e in entries} == {"mini_digits_tiny_val"}
-    log = result.stdout + result.stderr
-    # both baselines were planned before the first MGD student (they wait for nothing)
-    assert log.index("run   baseline/seed1") < log.index("run   AMP/seed0")
+    return ledger.read_ledger(str(tmp_path / "ledger")), result.stdout + result.stderr
+
+
+@pytest.mark.slow
+def test_distpro_group_replays_its_own_search(tmp_path, tiny_datasets):
+    """``--group distpro``: the search runs first (before the fixed-factor row that waits for
+    nothing but the teacher), the replay reads that search's trajectory and names it in its
+    entry, and every DistPro row is evaluated every 250 iterations."""
+    entries, log = _group(tmp_path, "distpro")
+    by_name = {e["name"]: e for e in entries}
+    assert sorted(by_name) == ["DistPro", "DistPro_fixed", "DistPro_replay", "teacher_R50"]
+    search, replay = by_name["DistPro"], by_name["DistPro_replay"]
+    assert replay["trajectory"]["run"] == search["run"] and replay["teacher"]["run"] == by_name["teacher_R50"]["run"]
+    assert by_name["DistPro_fixed"]["trajectory"] is None
+    assert log.index("run   DistPro/seed0") < log.index("run   DistPro_fixed/seed0")
+    replay_log = (tmp_path / "out" / f"DistPro_replay_seed0_{replay['config_hash'][:8]}" / "run.log").read_text()
+    assert "Replaying " in replay_log and f"DistPro_seed0_{search['config_hash'][:8]}" in replay_log
+
+
+def test_distpro_rows_hash_their_search_and_refuse_the_unbudgeted_runner(monkeypatch):
+    from study.runner import STUDENT_OPTS
+
+    wanted, jobs = build_study("cpu", STUDY_GROUPS["distpro"][0], [0, 1])
+    assert [j.key for j in wanted][:2] == ["teacher", "DistPro/seed0"]
+    replay = jobs["DistPro_replay/seed1"]
+    assert replay.job.needs == ("DistPro/seed0", "teacher") and replay.cfg.MGD.WEIGHTING == "replay"
+    assert {jobs[k].cfg.TEST.EVAL_PERIOD for k in jobs if k.startswith("DistPro")} == {250}
+    assert jobs["DistPro_fixed/seed0"].cfg.MGD.WEIGHTING == "constant"
+    # the replay is keyed on its search's recipe: another search recipe, another replay hash
+    monkeypatch.setitem(STUDENT_OPTS, "DistPro", STUDENT_OPTS["DistPro"] + ["MGD.DISTPRO.LR", "0.1"])
+    other, other_jobs = build_study("cpu", ["DistPro_replay"], [1])
+    assert other_jobs["DistPro/seed0"].job.config_hash != jobs["DistPro/seed0"].job.config_hash
+    assert other[-1].config_hash != replay.job.config_hash
+    assert other_jobs["DistPro_replay/seed1"].opts == replay.opts  # its own options unchanged
+    with pytest.raises(ValueError, match="read another run's file: add --ledger"):
+        run_study("quick", ["DistPro_replay"], [0], "unused")
