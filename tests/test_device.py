@@ -14,6 +14,14 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(REPO, "configs", "mini_digits", "mgd_retinanet_R50_R18_AMP.yaml")
 
 
+@pytest.fixture(autouse=True)
+def fresh_device_lines(monkeypatch):
+    """The device line is logged once per process: each test starts as a fresh process would."""
+    from mgd_det import device as device_module
+
+    monkeypatch.setattr(device_module, "_LOGGED", set())
+
+
 @pytest.fixture
 def cuda(monkeypatch):
     """Set what ``torch.cuda.is_available()`` reports."""
@@ -119,7 +127,6 @@ def test_device_line_is_logged_once_per_process(monkeypatch):
     lines = []
     monkeypatch.setattr(device_module.logger, "hasHandlers", lambda: True)
     monkeypatch.setattr(device_module.logger, "info", lines.append)
-    monkeypatch.setattr(device_module, "_LOGGED", set())
     cfg = get_mgd_cfg()
     for _ in range(3):
         cfg.MODEL.DEVICE = "cpu"
