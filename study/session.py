@@ -293,15 +293,14 @@ class _Session:
     def _train(self, key: str) -> None:
         sj = self.jobs[key]
         opts = list(sj.opts)
-        teacher = self.entries[TEACHER_KEY] if sj.teacher else None
-        start = self.entries[sj.start_from] if sj.start_from else None
+        read = {}  # config key -> ledger entry of the run whose file it reads
         for cfg_key, (run_key, file_name) in sj.inputs.items():
             opts += [cfg_key, os.path.join(self._folder(run_key), file_name)]
+            read[cfg_key] = self.entries[run_key]
         folder = self._folder(key)
         metrics = run_training(sj.config, folder, opts, threads=self.threads)
-        trajectory = self.entries[sj.inputs[TRAJECTORY][0]] if TRAJECTORY in sj.inputs else None
-        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, teacher, start, self.commit,
-                           trajectory)
+        entry = make_entry(sj, folder, metrics, self.mode, self.device, self.parallel, read.get(TEACHER_WEIGHTS),
+                           read.get(START_WEIGHTS), self.commit, read.get(TRAJECTORY))
         ledger.write_entry(self.ledger_dir, entry)
         ledger.write_entry(folder, entry, ENTRY_FILE)
         with self.lock:
