@@ -1,0 +1,127 @@
+"""The registered analyses (study/analysis.py): verdicts from ledger entries."""
+import pytest
+
+from study import analysis, ledger
+from study.analysis import REGISTERED_HASHES, analysis_lines, registered_rows
+
+CPU = "cpu, 2 cores"
+
+
+def run(name, seed, ap, digest=None, at=None, wall_s=600.0, teacher_ap=55.0, **extra):
+    """A confirmatory CPU ledger entry of a registered row: evaluations every 250 iterations
+    up to 1,500, the last at ``ap`` (``at`` overrides single evaluations: {iterations: AP})."""
+    digest = digest or REGISTERED_HASHES[name] + "0" * 56
+    evals = {it: ap * it / 1500 for it in range(250, 1501, 250)}
+    evals.update(at or {})
+    teacher = None if name in ("baseline", "teacher_R50") else {
+        "name": "teacher_R50", "config_hash": REGISTERED_HASHES["teacher_R50"] + "0" * 56, "seed": 0,
+        "run": "teacher_R50_seed0_x", "weights_sha256": "1" * 64, "AP": teacher_ap}
+    e = {"schema": ledger.SCHEMA, "run": f"{name}_seed{seed}_{digest[:8]}", "name": name, "role": "student",
+         "mode": "cpu", "config": f"{name}.yaml", "config_hash": digest, "seed": seed, "iterations": 1500,
+         "ims_per_batch": 16, "images_per_s": 20.0, "device": CPU, "parallel": 2, "wall_s": wall_s,
+         "evaluations": [{"iteration": it - 1, "AP": v, "AP50": v, "AP75": v} for it, v in sorted(evals.items())],
+         "weights_sha256": "f" * 64, "teacher": teacher, "start": None, "date": "2026-12-05T10:00:00+00:00",
+         "git_commit": "abc", "pilot": False}
+    e.update(extra)
+    return ledger.validate_entry(e, "test")
+
+
+def three(name, aps, **kw):
+    return [run(name, s, ap, **kw) for s, ap in enumerate(aps)]
+
+
+def table(entries):
+    """{(group, question start): (figures, verdict)} of the analysis lines."""
+    out = {}
+    for line in analysis_lines(entries)[5:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        out[(cells[0], cells[1])] = (cells[2], cells[3], cells[4])
+    return out
+
+
+def test_core_verdicts_follow_the_registered_thresholds():
+    base = three("baseline", [16.0, 16.5, 17.0])
+    t = table(base + three("AMP", [20.0, 20.5, 21.0]))
+    rows, figures, verdict = t[("core", "MGD-AMP ≥ baseline + 3 AP and > 2 pooled SD")]
+    # +4.0 AP over a pooled SD of 0.5 (8 SDs); Welch's t = 4 / sqrt(2 * 0.25 / 3)
+    assert rows == "AMP 20.50 ± 0.50 vs baseline 16.50 ± 0.50" and verdict == "**met**"
+    assert figures.startswith("+4.00 AP, 8.0 pooled SD, Welch's t 9.80 (4.0 df)")
+    assert t[("core", "teacher ≥ baseline + 5 AP")][1:] == ("+38.50 AP", "**met**")
+    assert t[("core", "baseline seed spread ≤ 1 AP")][1:] == ("1.00 AP (max − min)", "**met**")
+    # +3.0 AP but noisy (pooled SD 2.0): missed; a wider baseline spread: missed
+    t = table(three("baseline", [14.0, 16.5, 19.0]) + three("AMP", [18.0, 19.5, 21.0]))
+    assert t[("core", "MGD-AMP ≥ baseline + 3 AP and > 2 pooled SD")][2] == "**missed**"
+    assert t[("core", "baseline seed spread ≤ 1 AP")][2] == "**missed**"
+
+
+def test_partial_rows_are_pending_and_other_hashes_stay_out():
+    entries = three("baseline", [16.0, 16.5, 17.0]) + [run("AMP", 0, 30.0)]
+    entries += [run("AMP", 1, 99.0, digest="e" * 64)]  # a changed config: not the registered row
+    entries += [run("AMP", 2, 99.0, pilot=True)]  # a pilot: never evidence
+    t = table(entries)
+    rows, _, verdict = t[("core", "MGD-AMP ≥ baseline + 3 AP and > 2 pooled SD")]
+    assert rows == "AMP 30.00 vs baseline 16.50 ± 0.50" and verdict == "pending (AMP 1/3 seeds)"
+    assert registered_rows(entries)["AMP"].seeds == [0]
+    assert analysis_lines([run("AMP", 0, 30.0)]) == []  # nothing to compare with
+
+
+def test_reducers_rank_and_separate_by_two_pooled_sds():
+    entries = three("baseline", [16.0, 16.5, 17.0]) + three("AMP", [17.0, 17.5, 18.0], teacher_ap=55.6)
+    entries += three("SM", [14.5, 15.0, 15.5]) + three("RD", [18.0, 19.0, 20.0]) + three("SP", [17.5, 18.0, 18.5])
+    entries += three("AMP_KD", [25.0, 26.0, 27.0], teacher_ap=53.7)
+    t = table(entries)
+    assert t[("reducers", "SM against the baseline")][2] == "below by > 2 pooled SD"
+    assert t[("reducers", "SP against the baseline")][2] == "above by > 2 pooled SD"  # +1.5 / 0.5
+    assert t[("reducers", "best reducer (RD) against SM")][2] == "RD better"
+    assert t[("reducers", "best reducer (RD) against SP")][2] == "not distinguishable at 3 seeds"
+    figures = t[("reducers", "output KD: AMP + KD against AMP")][1]
+    assert figures.startswith("+8.50 AP") and "teachers' AP AMP: 55.60, AMP_KD: 53.70" in figures
+
+
+@pytest.mark.parametrize("replay_end, replay_750, verdict", [
+    (24.0, 10.0, "**met**"),  # better at equal iterations
+    (19.0, 21.0, "**met**"),  # fixed's AP reached at half the iterations
+    (19.0, 15.0, "**missed**"),
+])
+def test_distpro_target_is_either_comparison(replay_end, replay_750, verdict):
+    entries = three("DistPro_fixed", [19.5, 20.0, 20.5], wall_s=600.0)
+    entries += three("DistPro_replay", [replay_end] * 3, at={750: replay_750})
+    entries += [run("DistPro", 0, 18.0, wall_s=1500.0)]
+    t = table(entries)
+    assert t[("distpro", "DistPro target (either of the two above)")][2] == verdict
+    early = t[("distpro", "replay at 750 ≥ fixed at 1,500 (fixed's AP in ≤ 60 % of the iterations)")]
+    assert early[0].startswith(f"DistPro_replay @750 {replay_750:.2f} ± 0.00 vs DistPro_fixed 20.00")
+    assert t[("distpro", "the search (seed 0, trained on 95 % of the images) against fixed; its cost")][1] == \
+        "-2.00 AP; wall time 2.50× a fixed run"
+
+
+def test_labelfree_share_and_uniform_pool():
+    entries = three("LF_train", [10.0, 10.0, 10.0])
+    entries += three("LF_pool", [8.0, 8.5, 9.0]) + three("LF_pool_uniform", [8.0, 8.2, 8.4])
+    t = table(entries)
+    assert t[("labelfree", "pool by score ≥ 80% of the reference (training images as a folder)")][1:] == \
+        ("85% of the reference", "**met**")
+    assert t[("labelfree", "pool by score > pool uniformly")][2] == "**met** (not distinguishable at 3 seeds)"
+    entries = three("LF_train", [10.0] * 3) + three("LF_pool", [7.0, 7.5, 8.0]) + three("LF_pool_uniform", [9.0] * 3)
+    t = table(entries)
+    assert t[("labelfree", "pool by score ≥ 80% of the reference (training images as a folder)")][2] == "**missed**"
+    assert t[("labelfree", "pool by score > pool uniformly")][2].startswith("**missed**")
+
+
+def test_registered_hashes_are_the_cpu_study_configs():
+    """The hashes registered in PROTOCOL.md (REGISTERED_HASHES) are those today's configs give
+    in the cpu mode: a changed config fails here instead of dropping out of the analysis."""
+    from study.runner import STUDY_GROUPS
+    from study.session import build_study
+
+    names = sorted({n for students, _ in STUDY_GROUPS.values() for n in students} | {"baseline", "AMP"})
+    _, jobs = build_study("cpu", names, [0])
+    computed = {sj.job.name: sj.job.config_hash[:8] for sj in jobs.values() if sj.job.name in REGISTERED_HASHES}
+    assert computed == REGISTERED_HASHES
+    protocol = open(ledger.DEFAULT_LEDGER + "/PROTOCOL.md").read()
+    assert all(digest in protocol for digest in REGISTERED_HASHES.values())
+
+
+def test_analysis_thresholds_are_the_registered_ones():
+    assert (analysis.CORE_GAIN_AP, analysis.TEACHER_LEAD_AP, analysis.BASELINE_SPREAD_AP) == (3.0, 5.0, 1.0)
+    assert (analysis.DISTPRO_HALF_ITERS, analysis.LABELFREE_SHARE, analysis.SEPARATION_SDS) == (750, 0.8, 2.0)
