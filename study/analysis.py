@@ -21,12 +21,16 @@ REGISTERED_HASHES = {
     "SM": "1a42d79a", "RD": "8a409a9a", "SP": "b9abdbbe", "AMP_KD": "f00a21ad",
     "DistPro": "57172df7", "DistPro_fixed": "a5267389", "DistPro_replay": "130442fd",
     "LF_train": "446be8d8", "LF_pool": "fe12371a", "LF_pool_uniform": "599c3d01",
+    # a fine-tuning run's hash names its start (the baseline of its seed): one per seed 0, 1, 2
+    "finetune_plain": ("8540d874", "416b048e", "da95b2ce"),
+    "finetune_MGD_AMP": ("e7bb0529", "d661061e", "42ccdcfb"),
 }
 CORE_GAIN_AP = 3.0  # core target: MGD-AMP >= baseline + 3.0 AP ...
 TEACHER_LEAD_AP = 5.0  # ... with a teacher >= baseline + 5 AP
 BASELINE_SPREAD_AP = 1.0  # ... and the baseline's seeds within 1 AP (max - min)
 DISTPRO_HALF_ITERS = 750  # DistPro: the replay's AP here against fixed's at the end (<= 60 %)
 LABELFREE_SHARE = 0.8  # label-free: the pool by score reaches 80 % of the reference's AP
+FINETUNE_POINTS = (125, 250, 375, 500)  # fine-tuning: AP at these iterations (500: the end)
 
 
 @dataclass
@@ -52,6 +56,11 @@ class Row:
                 out.append(evals[-1]["AP"])
         return out
 
+    def gains(self) -> List[float]:
+        """Each seed's AP at the end minus the AP of the run it started from."""
+        return [ap - e["start"]["AP"] for ap, e in zip(self.ap(), self.entries)
+                if e.get("start") and e["start"].get("AP") is not None]
+
     def teacher_ap(self) -> List[float]:
         """The AP of each distinct teacher this row learned from."""
         return list({e["teacher"]["run"]: e["teacher"]["AP"] for e in self.entries
@@ -68,7 +77,7 @@ def registered_rows(entries: Sequence[dict]) -> Dict[str, Row]:
     rows: Dict[str, Dict[int, dict]] = {}
     for e in sorted(entries, key=lambda e: (e["date"], e["run"])):
         digest = REGISTERED_HASHES.get(e["name"])
-        if e.get("pilot") or digest is None or not e["config_hash"].startswith(digest):
+        if e.get("pilot") or digest is None or not e["config_hash"].startswith(digest):  # str or tuple
             continue
         rows.setdefault(e["name"], {}).setdefault(e["seed"], e)
     return {name: Row(name, [per_seed[s] for s in sorted(per_seed)]) for name, per_seed in rows.items()}
@@ -197,7 +206,18 @@ def labelfree(g: _Group) -> None:
         g.contrast(f"{name} against the supervised baseline (context)", "baseline", name)
 
 
-GROUPS = (("core", core), ("reducers", reducers), ("distpro", distpro), ("labelfree", labelfree))
+def finetune(g: _Group) -> None:
+    for at in FINETUNE_POINTS:
+        primary = " (primary)" if at == FINETUNE_POINTS[-1] else ""
+        g.contrast(f"MGD fine-tuning against plain fine-tuning at {at}{primary}", "finetune_plain",
+                   "finetune_MGD_AMP", at_a=at, at_b=at)
+    for name in ("finetune_plain", "finetune_MGD_AMP"):
+        if g.have(name) and g.rows[name].gains():
+            g.lines.append([f"{name}: AP gained over its start (the baseline of its seed)", name,
+                            f"{_fmt(g.rows[name].gains())} AP", g.pending(name) or "context, no target"])
+
+
+GROUPS = (("core", core), ("reducers", reducers), ("distpro", distpro), ("labelfree", labelfree), ("finetune", finetune))
 HEADER = ["group", "registered question", "rows (AP, mean ± SD over seeds)", "figures", "verdict"]
 
 

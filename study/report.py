@@ -49,7 +49,9 @@ def study_rows(entries: Sequence[dict]) -> List[dict]:
     order = _study_row_names()
     groups: Dict[tuple, List[dict]] = {}
     for entry in sorted(entries, key=lambda e: (e["date"], e["run"])):
-        groups.setdefault((entry["name"], entry["config_hash"]), []).append(entry)
+        # A fine-tuning run's hash names its start (each seed's own baseline): one row per name.
+        digest = "" if entry["role"] == "finetune" else entry["config_hash"]
+        groups.setdefault((entry["name"], digest), []).append(entry)
     rows = []
     for (name, digest), group in groups.items():
         if group[0]["role"] == "teacher":
@@ -64,6 +66,7 @@ def study_rows(entries: Sequence[dict]) -> List[dict]:
         teachers = {e["teacher"]["run"]: e["teacher"]["AP"] for e in counted if e["teacher"]}
         rows.append({
             "name": name, "config_hash": digest, "role": group[0]["role"], "entries": counted,
+            "config": digest[:8] or "/".join(e["config_hash"][:8] for e in counted),
             "seeds": sorted({e["seed"] for e in counted}), "iterations": sorted({e["iterations"] for e in counted}),
             "metrics": {m: [f[m] for _, f in finals] for m in ("AP", "AP50", "AP75")},
             "teacher_ap": [ap for ap in teachers.values() if ap is not None],
@@ -88,7 +91,7 @@ def _row_cells(r: dict, seeds_wanted: int) -> List[str]:
     cells = [_mean_std(r["metrics"][m]) if r["metrics"][m] else "no evaluation" for m in ("AP", "AP50", "AP75")]
     teacher = _mean_std(r["teacher_ap"]) if r["teacher_ap"] else "–"
     wall = f"{statistics.mean(r['wall_s']) / 60:.1f} min"
-    return [r["name"], r["config_hash"][:8], "/".join(f"{i:,}" for i in r["iterations"]), seeds, *cells,
+    return [r["name"], r["config"], "/".join(f"{i:,}" for i in r["iterations"]), seeds, *cells,
             per, teacher, wall]
 
 

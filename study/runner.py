@@ -79,6 +79,8 @@ class Schedule:
     student_lr: Optional[float] = None
     finetune_iters: int = 100
     finetune_lr: float = 0.002
+    # TEST.EVAL_PERIOD of the fine-tuning rows (None: ``eval_period``): their AP at a few points.
+    finetune_eval_period: Optional[int] = None
     # TEST.EVAL_PERIOD of every run (None: the config's); the ledger keeps every evaluation.
     eval_period: Optional[int] = None
     # The tiny data sets at 64² instead of the bundled ones (smoke runs of the study machinery).
@@ -109,7 +111,7 @@ class Schedule:
         iters = self.finetune_iters
         return ["MODEL.WEIGHTS", student_weights, "SOLVER.MAX_ITER", str(iters), "SOLVER.BASE_LR",
                 str(self.finetune_lr), "SOLVER.STEPS", f"({int(iters * 2 / 3)},)", "SOLVER.WARMUP_ITERS",
-                str(min(20, iters // 5)), *self._batch_opts(), *self._eval_opts()]
+                str(min(20, iters // 5)), *self._batch_opts(), *self._eval_opts(self.finetune_eval_period)]
 
     def input_opts(self) -> List[str]:
         """KEY VALUE pairs for ``loader_workers`` and ``input_side``, for any config."""
@@ -129,8 +131,9 @@ class Schedule:
                              f"(pilots are judged on them); run label-free pilots from the pool")
         return PILOT_DATASETS.get(name, name) if self.pilot else name
 
-    def _eval_opts(self) -> List[str]:
-        return [] if self.eval_period is None else ["TEST.EVAL_PERIOD", str(self.eval_period)]
+    def _eval_opts(self, period: Optional[int] = None) -> List[str]:
+        period = period or self.eval_period
+        return [] if period is None else ["TEST.EVAL_PERIOD", str(period)]
 
     def _batch_opts(self) -> List[str]:
         return [] if self.batch is None else ["SOLVER.IMS_PER_BATCH", str(self.batch)]
@@ -150,10 +153,11 @@ PILOT_REFUSED = ("mini_digits_train_images", "mini_digits64_train_images")
 # (digits as large in pixels as at 128², a quarter of the FLOPs per image), the R50 teacher
 # three times the students' iterations (from scratch it learns ~3x more slowly per iteration
 # than the R18, pilot 2), students 1,500 iterations at batch 16 (6 epochs of the 4,000
-# training images), evaluated every 500; loading in the training process; the label-free rows
+# training images), evaluated every 500; the fine-tuning rows 500 more iterations at lr 0.002,
+# evaluated every 125; loading in the training process; the label-free rows
 # read the 64² pool (4,000 images, 20% with digits) or the 64² training images as a folder.
 _CPU = dict(teacher_iters=4500, student_iters=1500, batch=16, student_lr=0.02, finetune_iters=500,
-            finetune_lr=0.002, eval_period=500, input_side=64, loader_workers=0,
+            finetune_lr=0.002, finetune_eval_period=125, eval_period=500, input_side=64, loader_workers=0,
             datasets={"mini_digits_train": "mini_digits64_train", "mini_digits_val": "mini_digits64_val",
                       "mini_digits_pool": "mini_digits64_pool", "mini_digits_train_images": "mini_digits64_train_images"})
 

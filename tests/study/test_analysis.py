@@ -7,17 +7,18 @@ from study.analysis import REGISTERED_HASHES, analysis_lines, registered_rows
 CPU = "cpu, 2 cores"
 
 
-def run(name, seed, ap, digest=None, at=None, wall_s=600.0, teacher_ap=55.0, **extra):
-    """A confirmatory CPU ledger entry of a registered row: evaluations every 250 iterations
-    up to 1,500, the last at ``ap`` (``at`` overrides single evaluations: {iterations: AP})."""
-    digest = digest or REGISTERED_HASHES[name] + "0" * 56
-    evals = {it: ap * it / 1500 for it in range(250, 1501, 250)}
+def run(name, seed, ap, digest=None, at=None, wall_s=600.0, teacher_ap=55.0, last=1500, every=250, **extra):
+    """A confirmatory CPU ledger entry of a registered row: evaluations every ``every``
+    iterations up to ``last``, the last at ``ap`` (``at`` overrides single evaluations: {iterations: AP})."""
+    registered = REGISTERED_HASHES[name]
+    digest = digest or (registered if isinstance(registered, str) else registered[seed]) + "0" * 56
+    evals = {it: ap * it / last for it in range(every, last + 1, every)}
     evals.update(at or {})
     teacher = None if name in ("baseline", "teacher_R50") else {
         "name": "teacher_R50", "config_hash": REGISTERED_HASHES["teacher_R50"] + "0" * 56, "seed": 0,
         "run": "teacher_R50_seed0_x", "weights_sha256": "1" * 64, "AP": teacher_ap}
     e = {"schema": ledger.SCHEMA, "run": f"{name}_seed{seed}_{digest[:8]}", "name": name, "role": "student",
-         "mode": "cpu", "config": f"{name}.yaml", "config_hash": digest, "seed": seed, "iterations": 1500,
+         "mode": "cpu", "config": f"{name}.yaml", "config_hash": digest, "seed": seed, "iterations": last,
          "ims_per_batch": 16, "images_per_s": 20.0, "device": CPU, "parallel": 2, "wall_s": wall_s,
          "evaluations": [{"iteration": it - 1, "AP": v, "AP50": v, "AP75": v} for it, v in sorted(evals.items())],
          "weights_sha256": "f" * 64, "teacher": teacher, "start": None, "date": "2026-12-05T10:00:00+00:00",
@@ -115,13 +116,43 @@ def test_registered_hashes_are_the_cpu_study_configs():
     from study.session import build_study
 
     names = sorted({n for students, _ in STUDY_GROUPS.values() for n in students} | {"baseline", "AMP"})
-    _, jobs = build_study("cpu", names, [0])
-    computed = {sj.job.name: sj.job.config_hash[:8] for sj in jobs.values() if sj.job.name in REGISTERED_HASHES}
+    _, jobs = build_study("cpu", names, [0, 1, 2], finetune=True)
+    computed = {}
+    for sj in jobs.values():
+        computed.setdefault(sj.job.name, {})[sj.job.seed] = sj.job.config_hash[:8]
+    # one hash for every seed of a row; a fine-tuning row's names its start, one per seed
+    computed = {name: tuple(h[s] for s in sorted(h)) if len(set(h.values())) > 1 else h[min(h)]
+                for name, h in computed.items()}
     assert computed == REGISTERED_HASHES
     protocol = open(ledger.DEFAULT_LEDGER + "/PROTOCOL.md").read()
-    assert all(digest in protocol for digest in REGISTERED_HASHES.values())
+    registered = [d for v in REGISTERED_HASHES.values() for d in ((v,) if isinstance(v, str) else v)]
+    assert all(digest in protocol for digest in registered)
 
 
 def test_analysis_thresholds_are_the_registered_ones():
     assert (analysis.CORE_GAIN_AP, analysis.TEACHER_LEAD_AP, analysis.BASELINE_SPREAD_AP) == (3.0, 5.0, 1.0)
     assert (analysis.DISTPRO_HALF_ITERS, analysis.LABELFREE_SHARE, analysis.SEPARATION_SDS) == (750, 0.8, 2.0)
+
+
+def test_finetune_rows_compare_at_each_point_and_gain_over_their_start():
+    start = {0: 16.0, 1: 17.0, 2: 18.0}
+    def ft(name, aps, mid):
+        out = []
+        for s, ap in enumerate(aps):
+            base = run("baseline", s, start[s])
+            e = run(name, s, ap, last=500, every=125, at={125: mid, 250: mid, 375: mid}, role="finetune",
+                    start=ledger.identity(base))
+            out.append(e)
+        return out
+    entries = ft("finetune_plain", [18.0, 19.0, 20.0], 17.0) + ft("finetune_MGD_AMP", [19.0, 20.0, 21.0], 17.5)
+    t = table(entries)
+    end = t[("finetune", "MGD fine-tuning against plain fine-tuning at 500 (primary)")]
+    assert end[0] == "finetune_MGD_AMP @500 20.00 ± 1.00 vs finetune_plain @500 19.00 ± 1.00"
+    assert end[1].startswith("+1.00 AP, 1.0 pooled SD") and end[2] == "not distinguishable at 3 seeds"
+    assert t[("finetune", "MGD fine-tuning against plain fine-tuning at 125")][1] == "+0.50 AP"
+    assert t[("finetune", "finetune_MGD_AMP: AP gained over its start (the baseline of its seed)")][1:] == \
+        ("3.00 ± 0.00 AP", "context, no target")
+    # the study table shows each fine-tuning row once, with its three seeds' hashes
+    from study.report import study_table
+    text = "\n".join(study_table(entries, 3))
+    assert text.count("| finetune_plain | 8540d874/416b048e/da95b2ce | 500 | 3/3 | 19.00 ± 1.00 |") == 1

@@ -95,6 +95,10 @@ def test_cpu_modes_resolve_sizes_data_sets_and_pilot_slices():
     assert confirm["teacher"].job.seed == 0 and c.cfg.SOLVER.STEPS == (1000, 1333)
     # pilot and confirmatory runs never share a config hash
     assert c.job.config_hash != amp.job.config_hash
+    # the fine-tuning rows are evaluated every 125 of their 500 iterations, the students every 500
+    _, tuned = build_study("cpu", ["baseline"], [0], finetune=True)
+    assert {k: (sj.cfg.SOLVER.MAX_ITER, sj.cfg.TEST.EVAL_PERIOD) for k, sj in tuned.items() if k != "teacher"} == {
+        "baseline/seed0": (1500, 500), "finetune_plain/seed0": (500, 125), "finetune_MGD_AMP/seed0": (500, 125)}
     assert not schedule_opts(MODES["gpu"], c.cfg)  # the GPU study keeps the configs' sets and sizes
 
 
