@@ -8,7 +8,7 @@ config are another recipe and stay out of the registered analysis (the study tab
 them). A verdict waits until its rows have every registered seed ("pending" before).
 """
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from study.stats import Comparison, compare
@@ -39,6 +39,7 @@ class Row:
 
     name: str
     entries: List[dict]
+    repeats: List[dict] = field(default_factory=list)  # later runs of a seed (not counted)
 
     @property
     def seeds(self) -> List[int]:
@@ -51,7 +52,8 @@ class Row:
         for e in self.entries:
             evals = e["evaluations"]
             if iterations is not None:
-                evals = [ev for ev in evals if ev["iteration"] + 1 == iterations]
+                # a periodic evaluation is logged at iteration n - 1, the final one at n
+                evals = [ev for ev in evals if ev["iteration"] in (iterations - 1, iterations)]
             if evals:
                 out.append(evals[-1]["AP"])
         return out
@@ -75,12 +77,17 @@ def registered_rows(entries: Sequence[dict]) -> Dict[str, Row]:
     """Name -> Row from confirmatory entries of one device: registered hashes only, each seed
     once (its earliest entry, as the study table counts it), seeds in order."""
     rows: Dict[str, Dict[int, dict]] = {}
+    repeats: Dict[str, List[dict]] = {}
     for e in sorted(entries, key=lambda e: (e["date"], e["run"])):
         digest = REGISTERED_HASHES.get(e["name"])
         if e.get("pilot") or digest is None or not e["config_hash"].startswith(digest):  # str or tuple
             continue
-        rows.setdefault(e["name"], {}).setdefault(e["seed"], e)
-    return {name: Row(name, [per_seed[s] for s in sorted(per_seed)]) for name, per_seed in rows.items()}
+        per_seed = rows.setdefault(e["name"], {})
+        if e["seed"] in per_seed:
+            repeats.setdefault(e["name"], []).append(e)
+        per_seed.setdefault(e["seed"], e)
+    return {name: Row(name, [per_seed[s] for s in sorted(per_seed)], repeats.get(name, []))
+            for name, per_seed in rows.items()}
 
 
 def _fmt(values: Sequence[float]) -> str:
@@ -211,6 +218,13 @@ def finetune(g: _Group) -> None:
         primary = " (primary)" if at == FINETUNE_POINTS[-1] else ""
         g.contrast(f"MGD fine-tuning against plain fine-tuning at {at}{primary}", "finetune_plain",
                    "finetune_MGD_AMP", at_a=at, at_b=at)
+    if "baseline" in g.rows and g.rows["baseline"].repeats:
+        base = g.rows["baseline"]
+        first = {e["seed"]: e["evaluations"][-1]["AP"] for e in base.entries}
+        pairs = sorted((e["seed"], first[e["seed"]], e["evaluations"][-1]["AP"]) for e in base.repeats)
+        g.lines.append(["the baseline retrained at the same seed (the starts): reproducibility",
+                        ", ".join(f"s{s}: {a:.2f} → {b:.2f}" for s, a, b in pairs),
+                        ", ".join(f"{b - a:+.2f}" for _, a, b in pairs) + " AP", "context, no target"])
     for name in ("finetune_plain", "finetune_MGD_AMP"):
         if g.have(name) and g.rows[name].gains():
             g.lines.append([f"{name}: AP gained over its start (the baseline of its seed)", name,

@@ -20,7 +20,8 @@ def run(name, seed, ap, digest=None, at=None, wall_s=600.0, teacher_ap=55.0, las
     e = {"schema": ledger.SCHEMA, "run": f"{name}_seed{seed}_{digest[:8]}", "name": name, "role": "student",
          "mode": "cpu", "config": f"{name}.yaml", "config_hash": digest, "seed": seed, "iterations": last,
          "ims_per_batch": 16, "images_per_s": 20.0, "device": CPU, "parallel": 2, "wall_s": wall_s,
-         "evaluations": [{"iteration": it - 1, "AP": v, "AP50": v, "AP75": v} for it, v in sorted(evals.items())],
+         "evaluations": [{"iteration": it - (it < last), "AP": v, "AP50": v, "AP75": v}  # as Detectron2 logs them
+                         for it, v in sorted(evals.items())],
          "weights_sha256": "f" * 64, "teacher": teacher, "start": None, "date": "2026-12-05T10:00:00+00:00",
          "git_commit": "abc", "pilot": False}
     e.update(extra)
@@ -145,7 +146,12 @@ def test_finetune_rows_compare_at_each_point_and_gain_over_their_start():
             out.append(e)
         return out
     entries = ft("finetune_plain", [18.0, 19.0, 20.0], 17.0) + ft("finetune_MGD_AMP", [19.0, 20.0, 21.0], 17.5)
+    # the recorded baseline and its retraining at seed 0 (a later date): counted once, the change shown
+    entries += [run("baseline", 0, 16.5, date="2026-12-04T10:00:00+00:00"), run("baseline", 0, 16.0)]
     t = table(entries)
+    assert t[("finetune", "the baseline retrained at the same seed (the starts): reproducibility")][:2] == \
+        ("s0: 16.50 → 16.00", "-0.50 AP")
+    assert registered_rows(entries)["baseline"].ap() == [16.5]
     end = t[("finetune", "MGD fine-tuning against plain fine-tuning at 500 (primary)")]
     assert end[0] == "finetune_MGD_AMP @500 20.00 ± 1.00 vs finetune_plain @500 19.00 ± 1.00"
     assert end[1].startswith("+1.00 AP, 1.0 pooled SD") and end[2] == "not distinguishable at 3 seeds"
