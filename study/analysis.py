@@ -11,7 +11,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from study.stats import Comparison, compare
+from study.stats import Comparison, compare, mean_sd_text
 
 SEEDS = (0, 1, 2)  # the confirmatory seeds of every row (PROTOCOL.md)
 SEPARATION_SDS = 2.0  # a difference "shows" above this many pooled SDs (PROTOCOL.md)
@@ -90,12 +90,6 @@ def registered_rows(entries: Sequence[dict]) -> Dict[str, Row]:
             for name, per_seed in rows.items()}
 
 
-def _fmt(values: Sequence[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
-
-
 def _describe(c: Comparison) -> str:
     """The registered figures of one comparison: difference, pooled SDs, Welch's t, p."""
     parts = [f"{c.difference:+.2f} AP"]
@@ -138,7 +132,7 @@ class _Group:
             return None
         c = compare(va, vb)
         word = self.pending(a, b) or (verdict(c) if verdict else _separation(c))
-        label = lambda n, at: f"{n}{f' @{at:,}' if at else ''} {_fmt(self.rows[n].ap(at))}"
+        label = lambda n, at: f"{n}{f' @{at:,}' if at else ''} {mean_sd_text(self.rows[n].ap(at))}"
         self.lines.append([question, f"{label(b, at_b)} vs {label(a, at_a)}", _describe(c), word])
         return c
 
@@ -153,12 +147,12 @@ def core(g: _Group) -> None:
     if g.have("baseline", "AMP") and g.rows["AMP"].teacher_ap():
         teacher, base = g.rows["AMP"].teacher_ap(), statistics.mean(g.rows["baseline"].ap())
         lead = statistics.mean(teacher) - base
-        g.lines.append([f"teacher ≥ baseline + {TEACHER_LEAD_AP:g} AP", f"teacher {_fmt(teacher)} vs baseline {base:.2f}",
+        g.lines.append([f"teacher ≥ baseline + {TEACHER_LEAD_AP:g} AP", f"teacher {mean_sd_text(teacher)} vs baseline {base:.2f}",
                         f"{lead:+.2f} AP", g.pending("baseline") or _met(lead >= TEACHER_LEAD_AP)])
     if g.have("baseline"):
         aps = g.rows["baseline"].ap()
         spread = max(aps) - min(aps)
-        g.lines.append([f"baseline seed spread ≤ {BASELINE_SPREAD_AP:g} AP", f"baseline {_fmt(aps)}",
+        g.lines.append([f"baseline seed spread ≤ {BASELINE_SPREAD_AP:g} AP", f"baseline {mean_sd_text(aps)}",
                         f"{spread:.2f} AP (max − min)", g.pending("baseline") or _met(spread <= BASELINE_SPREAD_AP)])
 
 
@@ -177,7 +171,7 @@ def reducers(g: _Group) -> None:
                        else "not distinguishable at 3 seeds")
     c = g.contrast("output KD: AMP + KD against AMP", "AMP", "AMP_KD")
     if c is not None:
-        teachers = ", ".join(f"{n}: {_fmt(g.rows[n].teacher_ap())}" for n in ("AMP", "AMP_KD") if g.rows[n].teacher_ap())
+        teachers = ", ".join(f"{n}: {mean_sd_text(g.rows[n].teacher_ap())}" for n in ("AMP", "AMP_KD") if g.rows[n].teacher_ap())
         g.lines[-1][2] += f" (teachers' AP {teachers})"
 
 
@@ -194,7 +188,7 @@ def distpro(g: _Group) -> None:
         search, fixed = g.rows["DistPro"], g.rows["DistPro_fixed"]
         cost = statistics.mean(e["wall_s"] for e in search.entries) / statistics.mean(e["wall_s"] for e in fixed.entries)
         g.lines.append(["the search (seed 0, trained on 95 % of the images) against fixed; its cost",
-                        f"DistPro {_fmt(search.ap())} vs DistPro_fixed {_fmt(fixed.ap())}",
+                        f"DistPro {mean_sd_text(search.ap())} vs DistPro_fixed {mean_sd_text(fixed.ap())}",
                         f"{statistics.mean(search.ap()) - statistics.mean(fixed.ap()):+.2f} AP; "
                         f"wall time {cost:.2f}× a fixed run", "context, no target"])
 
@@ -203,7 +197,7 @@ def labelfree(g: _Group) -> None:
     if g.have("LF_train", "LF_pool"):
         share = statistics.mean(g.rows["LF_pool"].ap()) / statistics.mean(g.rows["LF_train"].ap())
         g.lines.append([f"pool by score ≥ {LABELFREE_SHARE:.0%} of the reference (training images as a folder)",
-                        f"LF_pool {_fmt(g.rows['LF_pool'].ap())} vs LF_train {_fmt(g.rows['LF_train'].ap())}",
+                        f"LF_pool {mean_sd_text(g.rows['LF_pool'].ap())} vs LF_train {mean_sd_text(g.rows['LF_train'].ap())}",
                         f"{share:.0%} of the reference",
                         g.pending("LF_train", "LF_pool") or _met(share >= LABELFREE_SHARE)])
     g.contrast("pool by score > pool uniformly", "LF_pool_uniform", "LF_pool",
@@ -228,7 +222,7 @@ def finetune(g: _Group) -> None:
     for name in ("finetune_plain", "finetune_MGD_AMP"):
         if g.have(name) and g.rows[name].gains():
             g.lines.append([f"{name}: AP gained over its start (the baseline of its seed)", name,
-                            f"{_fmt(g.rows[name].gains())} AP", g.pending(name) or "context, no target"])
+                            f"{mean_sd_text(g.rows[name].gains())} AP", g.pending(name) or "context, no target"])
 
 
 GROUPS = (("core", core), ("reducers", reducers), ("distpro", distpro), ("labelfree", labelfree), ("finetune", finetune))

@@ -13,6 +13,8 @@ import statistics
 import sys
 from typing import Dict, List, Optional, Sequence
 
+from study.stats import mean_sd_text
+
 logger = logging.getLogger(__name__)
 
 
@@ -31,12 +33,6 @@ def _study_row_names() -> List[str]:
     from study.runner import FINETUNES, STUDENTS, TEACHER_NAME
 
     return [TEACHER_NAME, *STUDENTS, *FINETUNES]
-
-
-def _mean_std(values: Sequence[float]) -> str:
-    if len(values) == 1:
-        return f"{values[0]:.2f}"
-    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def study_rows(entries: Sequence[dict]) -> List[dict]:
@@ -88,8 +84,8 @@ def _row_cells(r: dict, seeds_wanted: int) -> List[str]:
         n = len(r["seeds"])
         seeds = f"{n}/{seeds_wanted}" + (" (partial)" if n < seeds_wanted else "")
         per = ", ".join(f"{ap:.2f} (s{e['seed']})" for e, ap in zip(r["entries"], r["metrics"]["AP"]))
-    cells = [_mean_std(r["metrics"][m]) if r["metrics"][m] else "no evaluation" for m in ("AP", "AP50", "AP75")]
-    teacher = _mean_std(r["teacher_ap"]) if r["teacher_ap"] else "–"
+    cells = [mean_sd_text(r["metrics"][m]) if r["metrics"][m] else "no evaluation" for m in ("AP", "AP50", "AP75")]
+    teacher = mean_sd_text(r["teacher_ap"]) if r["teacher_ap"] else "–"
     wall = f"{statistics.mean(r['wall_s']) / 60:.1f} min"
     return [r["name"], r["config"], "/".join(f"{i:,}" for i in r["iterations"]), seeds, *cells,
             per, teacher, wall]

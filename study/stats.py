@@ -51,3 +51,10 @@ def compare(a: Sequence[float], b: Sequence[float]) -> Comparison:
 
         p = float(2 * student_t.sf(abs(t), df))
     return Comparison(n_a, n_b, mean_a, mean_b, sd_a, sd_b, mean_b - mean_a, pooled, t, df, p)
+
+
+def mean_sd_text(values: Sequence[float]) -> str:
+    """"m ± sd" (sample SD) of several values, the value itself for one."""
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"

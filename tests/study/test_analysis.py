@@ -1,7 +1,7 @@
 """The registered analyses (study/analysis.py): verdicts from ledger entries."""
 import pytest
 
-from study import analysis, ledger
+from study import ledger
 from study.analysis import REGISTERED_HASHES, analysis_lines, registered_rows
 
 CPU = "cpu, 2 cores"
@@ -128,11 +128,6 @@ def test_registered_hashes_are_the_cpu_study_configs():
     protocol = open(ledger.DEFAULT_LEDGER + "/PROTOCOL.md").read()
     registered = [d for v in REGISTERED_HASHES.values() for d in ((v,) if isinstance(v, str) else v)]
     assert all(digest in protocol for digest in registered)
-
-
-def test_analysis_thresholds_are_the_registered_ones():
-    assert (analysis.CORE_GAIN_AP, analysis.TEACHER_LEAD_AP, analysis.BASELINE_SPREAD_AP) == (3.0, 5.0, 1.0)
-    assert (analysis.DISTPRO_HALF_ITERS, analysis.LABELFREE_SHARE, analysis.SEPARATION_SDS) == (750, 0.8, 2.0)
 
 
 def test_finetune_rows_compare_at_each_point_and_gain_over_their_start():
