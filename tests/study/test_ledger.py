@@ -316,6 +316,17 @@ def test_default_estimate_can_be_given():
     assert [p.job.key for p in plan_study([teacher], [], GPU, budget_s=400, default_s_per_it=0.1).run] == ["teacher"]
 
 
+def test_estimate_of_a_new_role_uses_the_slowest_run_on_the_device():
+    """A role the ledger has never seen on this device (e.g. the first fine-tuning rows) is
+    costed at the slowest seconds per iteration of any run there, not the device kind's
+    default (3 s/it on a CPU, several times the study's real rows)."""
+    ft = Job("finetune_plain/seed0", "finetune_plain", "finetune", 0, "f" * 64, 500, ())
+    seen = [entry("baseline", 0, wall_s=600.0, iterations=1500), entry("teacher_R50", 0, role="teacher",
+                                                                       wall_s=1500.0, iterations=1500)]
+    assert estimate_seconds(ft, seen, GPU) == (500.0, "slowest s/it of 2 run(s) on this device")
+    assert estimate_seconds(ft, seen, "cpu, 2 cores")[1] == "default 3.0 s/it on cpu"  # other device: default
+
+
 def test_new_prerequisites_keep_their_priority():
     """A seed's new baseline is trained at its own place in the order (every row at seed 0
     first), not hoisted before other rows because a fine-tuning row needs it."""
