@@ -77,7 +77,7 @@ FIELDS = {
     "start": (dict, type(None)), "date": (str,), "git_commit": (str, type(None)),
 }
 # Fields added later: checked when present (entries written before them lack them).
-OPTIONAL_FIELDS = {"pilot": (bool,), "evaluated_on": (str,), "trajectory": (dict, type(None))}
+OPTIONAL_FIELDS = {"pilot": (bool,), "evaluated_on": (str,), "trajectory": (dict, type(None)), "host": (dict,)}
 ROLES = ("teacher", "student", "finetune")
 
 
@@ -173,6 +173,25 @@ def device_description() -> str:
     if torch.cuda.is_available():
         return f"{torch.cuda.get_device_name(0)}, {os.cpu_count()} cores"
     return f"cpu, {os.cpu_count()} cores"
+
+
+def host_facts() -> Dict[str, str]:
+    """What decides a run's arithmetic beside its config and seed: the CPU model, the kernels
+    torch picks for it (AVX2 / AVX512 change summation orders, so a fixed seed's losses part
+    between hosts) and the torch build. Kept in each entry so that runs that differ for this
+    reason can be told apart (the study's baselines did not reproduce across sessions)."""
+    import platform
+
+    import torch
+
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), model)
+    except OSError:
+        pass
+    return {"cpu_model": model, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
 
 
 def git_commit() -> Optional[str]:

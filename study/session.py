@@ -237,7 +237,7 @@ def make_entry(sj: StudyJob, folder: str, metrics: Dict[str, float], mode: str, 
         "teacher": teacher and ledger.identity(teacher), "start": start and ledger.identity(start),
         "date": when.isoformat(), "git_commit": commit if commit is not None else ledger.git_commit(),
         "pilot": bool(MODES[mode].pilot), "evaluated_on": ",".join(sj.cfg.DATASETS.TEST),
-        "trajectory": trajectory and ledger.identity(trajectory),
+        "trajectory": trajectory and ledger.identity(trajectory), "host": ledger.host_facts(),
     }
 
 

@@ -5,6 +5,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from mgd_det.data.train_slices import TrainSlice, ensure_slice_json, slice_coco
 from mgd_det.errors import DataError
@@ -154,6 +155,9 @@ def test_optional_entry_fields_are_checked(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps(entry(pilot="yes")))
     with pytest.raises(DataError, match="'pilot' is 'yes', expected bool"):
         ledger.read_ledger(str(tmp_path))
+    (tmp_path / "bad.json").write_text(json.dumps(entry(host="AVX2")))
+    with pytest.raises(DataError, match="'host' is 'AVX2', expected dict"):
+        ledger.read_ledger(str(tmp_path))
 
 
 @pytest.mark.slow
@@ -165,6 +169,9 @@ def test_group_command_runs_its_rows_side_by_side(tmp_path, tiny_datasets):
     assert sorted((e["name"], e["seed"]) for e in entries) == [("AMP", 0), ("baseline", 0), ("teacher_R50", 0)]
     assert all(e["parallel"] == 2 and e["git_commit"] == "abc1234" and e["pilot"] is False for e in entries)
     assert {e["evaluated_on"] for e in entries} == {"mini_digits_tiny_val"}
+    # the host's arithmetic is recorded with each run (runs at one seed part between hosts)
+    assert all(e["host"] == ledger.host_facts() for e in entries)
+    assert ledger.host_facts()["cpu_capability"] == torch.backends.cpu.get_cpu_capability() != ""
     # the baseline was planned before the MGD student (it waits for nothing)
     assert log.index("run   baseline/seed0") < log.index("run   AMP/seed0")
 
