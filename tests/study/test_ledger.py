@@ -257,14 +257,17 @@ def test_report_table_partial_and_not_run_rows():
                entry("baseline", 2, "b" * 64, ap=54.0),
                # a repeat of seed 0 (retrained elsewhere): counted once, the earliest
                entry("baseline", 0, "b" * 64, ap=10.0, date="2026-12-02T10:00:00+00:00"),
-               entry("AMP", 0, "A" * 64, ap=55.0, teacher=teacher), entry("AMP", 1, "A" * 64, ap=56.0, teacher=teacher)]
+               entry("AMP", 0, "A" * 64, ap=55.0, teacher=teacher), entry("AMP", 1, "A" * 64, ap=56.0, teacher=teacher),
+               # the DistPro search is trained at one seed by design: complete, not partial
+               entry("DistPro", 0, "d" * 64, ap=57.0, teacher=teacher)]
     text = "\n".join(study_table(entries, 3))
+    assert "| DistPro | dddddddd | 3,000 | 1/1 | 57.00 |" in text
     assert "| teacher_R50 | tttttttt | 3,000 | seed 0, 1 run(s) | 60.00 | 80.00 | 55.00 | 60.00 |" in text
     assert "| baseline | bbbbbbbb | 3,000 | 3/3 | 52.00 ± 2.00 | 72.00 ± 2.00 | 47.00 ± 2.00 | " \
            "50.00 (s0), 52.00 (s1), 54.00 (s2) | – |" in text
     assert "| AMP | AAAAAAAA | 3,000 | 2/3 (partial) | 55.50 ± 0.71 |" in text and "#### Study on NVIDIA H200" in text
     assert "Not run yet on any device: SM, RD, SP," in text and text.rstrip().endswith("finetune_MGD_AMP.")
-    assert "7 ledger entries, 2026-12-01 to 2026-12-02" in text
+    assert "8 ledger entries, 2026-12-01 to 2026-12-02" in text
     # The pre-registered analysis: baseline 50/52/54, AMP 55/56: +3.50, pooled SD sqrt(8.5/3),
     # Welch t = 3.5 / sqrt(4/3 + 0.5/2) on 2.6 degrees of freedom.
     assert "| AMP − baseline | 2 vs 3 | +3.50 | 1.68 | 2.1 | 2.78 (2.6) |" in text
