@@ -18,7 +18,7 @@ SEPARATION_SDS = 2.0  # a difference "shows" above this many pooled SDs (PROTOCO
 # The registered config hash (its first 8 hex digits) of every row of the CPU study.
 REGISTERED_HASHES = {
     "teacher_R50": "2f6cd47c", "baseline": "a9d9005f", "AMP": "3401ac55",
-    "SM": "1a42d79a", "RD": "8a409a9a", "SP": "b9abdbbe", "AMP_KD": "f00a21ad",
+    "SM": "1a42d79a", "RD": "8a409a9a", "SP": "b9abdbbe", "AMP_KD": "f00a21ad", "KD": "431f4df4",
     "DistPro": "57172df7", "DistPro_fixed": "a5267389", "DistPro_replay": "130442fd",
     "LF_train": "446be8d8", "LF_pool": "fe12371a", "LF_pool_uniform": "599c3d01",
     # a fine-tuning run's hash names its start (the baseline of its seed): one per seed 0, 1, 2
@@ -225,7 +225,16 @@ def finetune(g: _Group) -> None:
                             f"{mean_sd_text(g.rows[name].gains())} AP", g.pending(name) or "context, no target"])
 
 
-GROUPS = (("core", core), ("reducers", reducers), ("distpro", distpro), ("labelfree", labelfree), ("finetune", finetune))
+def kd_alone(g: _Group) -> None:
+    g.contrast("MGD's features on top of output KD: AMP + KD against KD", "KD", "AMP_KD",
+               lambda c: "features add to KD" if (c.in_pooled_sds or 0) > SEPARATION_SDS
+               else "features hurt KD" if (c.in_pooled_sds or 0) < -SEPARATION_SDS
+               else "not distinguishable at 3 seeds")
+    g.contrast("KD against the baseline (context)", "baseline", "KD")
+
+
+GROUPS = (("core", core), ("reducers", reducers), ("distpro", distpro), ("labelfree", labelfree), ("finetune", finetune),
+          ("kd", kd_alone))
 HEADER = ["group", "registered question", "rows (AP, mean ± SD over seeds)", "figures", "verdict"]
 
 

@@ -30,6 +30,8 @@ STUDENTS = {
     "RD": "mgd_retinanet_R50_R18_RD.yaml",
     "SP": "mgd_retinanet_R50_R18_SP.yaml",
     "AMP_KD": "mgd_retinanet_R50_R18_AMP_KD.yaml",
+    # Output KD alone (AMP_KD without its feature pathways): what the features add to KD.
+    "KD": "mgd_retinanet_R50_R18_KD.yaml",
     # Learned pathway weights (DistPro): the search (weights learned by the meta-step on a
     # held-out share of the training images), its trajectory replayed on the whole training
     # set, and the same six pathways at their configured factors.
@@ -59,6 +61,7 @@ STUDY_GROUPS = {
     "labelfree": (["LF_train", "LF_pool", "LF_pool_uniform"], False),
     "distpro": (["DistPro_fixed", "DistPro_replay"], False),
     "finetune": (["baseline"], True),
+    "kd": (["KD"], False),
 }
 TEACHER = "retinanet_R50_FPN.yaml"
 TEACHER_NAME = "teacher_R50"  # the teacher's row in tables and the ledger

@@ -157,3 +157,19 @@ def test_pathway_keys_are_validated_up_front(cfg_of, opts, match):
 
     with pytest.raises(ConfigError, match=match):
         validate_mgd_config(cfg_of(*opts))
+
+
+@pytest.mark.slow
+def test_kd_alone_trains_with_no_feature_pathway(cfg_of):
+    """The study's KD row (output distillation without MGD's feature pathways): one pathway,
+    no channel matching to solve, and its KD settings those of the AMP + KD row it is compared
+    with."""
+    cfg = cfg_of("SOLVER.MAX_ITER", "2", config="mgd_retinanet_R50_R18_KD.yaml")
+    with_features = cfg_of(config="mgd_retinanet_R50_R18_AMP_KD.yaml")
+    assert cfg.MGD.KD == with_features.MGD.KD and list(with_features.MGD.POSITIONS)
+    trainer, _ = train(cfg)
+    d = trainer.unwrapped_model.distiller
+    assert d.pathway_names == ("kd",) and not d.matchers
+    history = trainer.storage.histories()
+    assert "loss_kd" in history and not any(k.startswith("loss_amp") for k in history)
+    assert torch.isfinite(torch.tensor(history["loss_kd"].latest()))

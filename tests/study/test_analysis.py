@@ -80,6 +80,20 @@ def test_reducers_rank_and_separate_by_two_pooled_sds():
     assert figures.startswith("+8.50 AP") and "teachers' AP AMP: 55.60, AMP_KD: 53.70" in figures
 
 
+@pytest.mark.parametrize("kd_aps, verdict", [
+    ([22.0, 23.0, 24.0], "features add to KD"),  # AMP + KD 26 ± 1: +3 AP, 3 pooled SD
+    ([25.0, 26.5, 28.0], "not distinguishable at 3 seeds"),
+    ([29.0, 30.0, 31.0], "features hurt KD"),
+])
+def test_kd_alone_tells_what_the_features_add(kd_aps, verdict):
+    entries = three("baseline", [16.0, 16.5, 17.0]) + three("AMP_KD", [25.0, 26.0, 27.0]) + three("KD", kd_aps)
+    t = table(entries)
+    assert t[("kd", "MGD's features on top of output KD: AMP + KD against KD")][2] == verdict
+    assert t[("kd", "KD against the baseline (context)")][2] == "above by > 2 pooled SD"
+    pending = table(entries[:-1])
+    assert pending[("kd", "MGD's features on top of output KD: AMP + KD against KD")][2] == "pending (KD 2/3 seeds)"
+
+
 @pytest.mark.parametrize("replay_end, replay_750, verdict", [
     (24.0, 10.0, "**met**"),  # better at equal iterations
     (19.0, 21.0, "**met**"),  # fixed's AP reached at half the iterations
