@@ -14,9 +14,9 @@ trains the students that need none.
 
 Cost of a run (:func:`estimate_seconds`), from the ledger's entries on the same device, best
 first: the same config hash (median wall time), the same run name (median seconds per
-iteration × iterations), the same role, any run (the slowest seconds per iteration seen);
-with nothing from this device, a conservative default per device kind (``--s-per-it`` overrides it: with nothing recorded from
-a device, a default longer than the budget would let no run start there, ever).
+iteration × iterations), the same role, then any run (the slowest seconds per iteration
+seen); with nothing from this device, a conservative default per device kind (``--s-per-it``
+overrides it: a default longer than the budget would let no run start there, ever).
 """
 import statistics
 from dataclasses import dataclass, field
@@ -98,12 +98,11 @@ def estimate_seconds(job: Job, entries: Sequence[dict], device: str, parallel: i
     if same_name:
         return (statistics.median(_per_iter(same_name)) * job.iterations,
                 f"s/it of {len(same_name)} ledger run(s) named {job.name}")
-    same_role = [e for e in here if e["role"] == job.role and e["iterations"] > 0]
-    if same_role:
-        return max(_per_iter(same_role)) * job.iterations, f"slowest s/it of {len(same_role)} {job.role} run(s)"
-    any_role = [e for e in here if e["iterations"] > 0]
-    if any_role:
-        return max(_per_iter(any_role)) * job.iterations, f"slowest s/it of {len(any_role)} run(s) on this device"
+    for role in (job.role, None):  # the same role, then any run on this device
+        seen = [e for e in here if role in (None, e["role"]) and e["iterations"] > 0]
+        if seen:
+            what = f"{job.role} run(s)" if role else "run(s) on this device"
+            return max(_per_iter(seen)) * job.iterations, f"slowest s/it of {len(seen)} {what}"
     kind = device_kind(device)
     per_iter = DEFAULT_SECONDS_PER_ITER[kind] if default_s_per_it is None else default_s_per_it
     return per_iter * job.iterations + DEFAULT_STARTUP_S[kind], f"default {per_iter} s/it on {kind}"

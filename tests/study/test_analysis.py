@@ -81,9 +81,9 @@ def test_reducers_rank_and_separate_by_two_pooled_sds():
 
 
 @pytest.mark.parametrize("kd_aps, verdict", [
-    ([22.0, 23.0, 24.0], "features add to KD"),  # AMP + KD 26 ± 1: +3 AP, 3 pooled SD
+    ([22.0, 23.0, 24.0], "above by > 2 pooled SD"),  # AMP + KD 26 ± 1: +3 AP, 3 pooled SD
     ([25.0, 26.5, 28.0], "not distinguishable at 3 seeds"),
-    ([29.0, 30.0, 31.0], "features hurt KD"),
+    ([29.0, 30.0, 31.0], "below by > 2 pooled SD"),
 ])
 def test_kd_alone_tells_what_the_features_add(kd_aps, verdict):
     entries = three("baseline", [16.0, 16.5, 17.0]) + three("AMP_KD", [25.0, 26.0, 27.0]) + three("KD", kd_aps)
