@@ -176,6 +176,12 @@ def device_description() -> str:
 
 
 def host_facts() -> Dict[str, str]:
+    """A fresh copy of this host's facts (:func:`_host_facts`, read once per process)."""
+    return dict(_host_facts())
+
+
+@functools.lru_cache(maxsize=None)
+def _host_facts() -> Dict[str, str]:
     """What decides a run's arithmetic beside its config and seed: the CPU model, the kernels
     torch picks for it (AVX2 / AVX512 change summation orders, so a fixed seed's losses part
     between hosts) and the torch build. Kept in each entry so that runs that differ for this

@@ -339,3 +339,11 @@ def test_new_prerequisites_keep_their_priority():
     assert [p.job.key for p in plan.run] == ["teacher", "baseline/seed0", "AMP/seed0", "baseline/seed1", "AMP/seed1",
                                              "finetune_plain/seed1"]
     assert all(p.reason == "new" for p in plan.run)
+
+
+def test_host_facts_are_read_once_and_handed_out_as_copies(monkeypatch):
+    first = ledger.host_facts()
+    first["cpu_model"] = "changed by a caller"
+    monkeypatch.setattr("builtins.open", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read again")))
+    second = ledger.host_facts()
+    assert second["cpu_model"] != "changed by a caller" and second["torch"] == first["torch"]
