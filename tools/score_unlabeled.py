@@ -22,7 +22,7 @@ import logging
 import math
 import os
 import sys
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 from scipy.stats import rankdata
@@ -30,6 +30,7 @@ from tabulate import tabulate
 
 logger = logging.getLogger("mgd_det.score_unlabeled")
 LOG_FORMAT = "%(asctime)s %(name)s %(levelname)s: %(message)s"
+TOP_SHARE = 0.1  # the best-scored share of the pool whose kinds are counted (bundled pools)
 
 
 def roc_auc(scores: np.ndarray, relevant: np.ndarray) -> float:
@@ -107,13 +108,29 @@ def _log_to_file(output_dir: str) -> None:
     package.addHandler(handler)
 
 
-def _relevance(args, dataset: str, dicts) -> Optional[np.ndarray]:
-    from mgd_det.data.pool import POOL_SPECS, load_relevance, relevance_flags, relevance_path
+def top_share_kinds(scores: np.ndarray, kinds: List[Optional[str]], share: float = TOP_SHARE) -> Dict[str, int]:
+    """How many images of each kind are among the ``share`` best-scored readable images (ties
+    in pool order), most first: what a preferential sampler's preference lands on."""
+    scores = np.asarray(scores, dtype=np.float64)
+    readable = np.flatnonzero(np.isfinite(scores))
+    best = readable[np.argsort(-scores[readable], kind="stable")[:int(np.ceil(share * readable.size))]]
+    counts: Dict[str, int] = {}
+    for i in best:
+        kind = kinds[i] or "unknown"
+        counts[kind] = counts.get(kind, 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
+
+
+def _relevance(args, dataset: str, dicts) -> Tuple[Optional[np.ndarray], Optional[List[Optional[str]]]]:
+    """(relevant flags, each image's generated kind or None where the file names none)."""
+    from mgd_det.data.pool import POOL_SPECS, load_image_kinds, load_relevance, relevance_flags, relevance_path
 
     path = args.relevance or (relevance_path(dataset) if dataset in POOL_SPECS else None)
     if not path:
-        return None
-    return relevance_flags(dicts, load_relevance(path))
+        return None, None
+    kind_of = load_image_kinds(path)
+    kinds = [kind_of.get(d.get("image_id")) for d in dicts] if kind_of else None
+    return relevance_flags(dicts, load_relevance(path)), kinds
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -147,7 +164,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     teacher, teacher_cfg = _teacher(cfg)  # its files checked before a large pool is listed
     dicts = DatasetCatalog.get(args.dataset)
     result = score_unlabeled_from_cfg(cfg, teacher, teacher_cfg, dicts)
-    relevant = _relevance(args, args.dataset, dicts)
+    relevant, kinds = _relevance(args, args.dataset, dicts)
 
     report: Dict = {"dataset": args.dataset, "num_images": len(dicts), "num_unreadable": int((~result.readable).sum())}
     if relevant is not None:
@@ -163,6 +180,9 @@ def main(argv: Optional[List[str]] = None) -> int:
             report["auc_score"], report["auc_max_score"], report["mean_score_relevant"],
             report["mean_score_other"], report["relevant_share"],
         )
+    if kinds is not None:
+        report["top_decile_kinds"] = top_share_kinds(result.scores, kinds)
+        logger.info("Kinds of the best-scored %d %% of the pool: %s", round(100 * TOP_SHARE), report["top_decile_kinds"])
     rows = []
     u = cfg.MGD.UNLABELED
     for temperature in args.temperatures:

@@ -389,6 +389,15 @@ def load_relevance(json_path: str) -> Dict[str, bool]:
     return {e["file"]: bool(e["relevant"]) for e in data["images"]}
 
 
+def load_image_kinds(json_path: str) -> Dict[str, str]:
+    """Relative image path -> the kind it was generated as (:data:`RELEVANT_KIND` or one of
+    :data:`IRRELEVANT_KINDS`): which kinds a teacher's score confuses with the relevant one.
+    Entries without a kind (a user's relevance file) are left out."""
+    with open(json_path, "r", encoding="utf-8") as f:
+        data = json.load(f)
+    return {e["file"]: str(e["kind"]) for e in data["images"] if "kind" in e}
+
+
 def relevance_flags(dataset_dicts: Sequence[Dict], relevance: Dict[str, bool]) -> np.ndarray:
     """Boolean array aligned with ``dataset_dicts`` (by ``image_id``); unknown ids are False."""
     return np.array([bool(relevance.get(d.get("image_id"), False)) for d in dataset_dicts], dtype=bool)

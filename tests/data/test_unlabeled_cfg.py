@@ -79,7 +79,42 @@ def test_score_cli_on_the_tiny_pool(tmp_path, monkeypatch, caplog, tiny_teacher_
     assert all(s > 0 for s in report["scores"])  # a random head still gives every image some mass
     assert os.path.isfile(tmp_path / "run" / "unlabeled_scores.json")
     assert "Scores vs relevance: ROC AUC" in caplog.text
+    kinds = report["top_decile_kinds"]  # the best-scored 10 % of 32 images: 4, by generated kind
+    assert sum(kinds.values()) == 4 and set(kinds) <= {"digits", "shapes", "letters", "textures", "photos"}
     caplog.clear()
     with caplog.at_level(logging.INFO):
         assert main(argv) == 0  # second run: everything from the cache
     assert "0 scored now, 32 from the cache" in caplog.text
+
+
+def test_the_teacher_scores_the_pool_at_the_student_s_test_size():
+    """A 64² student's pool is scored at 64, not at the 128 of the teacher's config file (the
+    label-free study's LF_pool rows did the latter); a size in MGD.TEACHER.OVERRIDES wins."""
+    from mgd_det.data.scoring import scoring_settings
+    from mgd_det.data.unlabeled_cfg import _at_student_test_size
+
+    cfg, teacher_cfg = get_mgd_cfg(), get_mgd_cfg()
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
+    teacher_cfg.INPUT.MIN_SIZE_TEST, teacher_cfg.INPUT.MAX_SIZE_TEST = 128, 128
+    teacher_cfg.freeze()
+    view = _at_student_test_size(cfg, teacher_cfg)
+    assert (view.INPUT.MIN_SIZE_TEST, view.INPUT.MAX_SIZE_TEST) == (64, 64) and view.is_frozen()
+    assert teacher_cfg.INPUT.MIN_SIZE_TEST == 128, "the teacher's own config is left as it was"
+    assert scoring_settings(view, 0.5)["min_size_test"] == 64  # a cache of 128² scores is not reused
+    cfg.MGD.TEACHER.OVERRIDES = ["INPUT.MIN_SIZE_TEST", "96"]
+    assert _at_student_test_size(cfg, teacher_cfg) is teacher_cfg
+    cfg.MGD.TEACHER.OVERRIDES = []
+    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 128
+    assert _at_student_test_size(cfg, teacher_cfg) is teacher_cfg
+
+
+def test_top_share_kinds_counts_the_best_scored_readable_images():
+    import runpy
+
+    top_share_kinds = runpy.run_path(SCRIPT)["top_share_kinds"]
+    scores = np.array([0.9, np.nan, 0.1, 0.8, 0.7, 0.2, 0.0, 0.95, 0.3, 0.4, 0.5])
+    kinds = ["digits", "digits", "textures", "letters", "digits", "shapes", None, "textures", "photos", "photos", "digits"]
+    # 10 readable -> the best 1; 50 %: the best 5 (0.95 textures, 0.9 digits, 0.8 letters, 0.7 digits, 0.5 digits).
+    assert top_share_kinds(scores, kinds) == {"textures": 1}
+    assert top_share_kinds(scores, kinds, share=0.5) == {"digits": 3, "letters": 1, "textures": 1}
+    assert top_share_kinds(scores, kinds, share=1.0)["unknown"] == 1
