@@ -87,10 +87,10 @@ def score_unlabeled_from_cfg(
 ) -> ImageScores:
     """Score ``dataset_dicts`` with ``teacher`` as cfg.MGD.UNLABELED says, through the cache.
 
-    ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and the *student's* test sizes
-    (:func:`_at_student_test_size`) prepare the images, and its MODEL section and TEST.DETECTIONS_PER_IMAGE are part of the cache
-    identity with the teacher's weights (hashed from the module in memory) and the
-    threshold. Images are decoded by DATALOADER.NUM_WORKERS workers. In a multi-process run
+    ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and the *student's* test
+    sizes (:func:`_at_student_test_size`) prepare the images, and its MODEL section, those sizes
+    and TEST.DETECTIONS_PER_IMAGE are part of the cache identity with the teacher's weights
+    (hashed from the module in memory) and the threshold. Images are decoded by DATALOADER.NUM_WORKERS workers. In a multi-process run
     every process must call this: each scores its share of the missing images, the values
     are all-gathered, rank 0 writes the cache, and every process returns the same scores.
     """
