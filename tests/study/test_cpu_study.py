@@ -148,6 +148,27 @@ def test_the_64_pool_is_the_training_split_s_size_and_scale():
     assert tuple(pool.digit_scale) == tuple(train.digit_scale) and pool.relevant_share == 0.2
 
 
+def test_the_64_pool_spec_generates_64_images_with_a_fifth_of_digits(tmp_path):
+    """The spec as the generator reads it (40 of its 4,000 images): every image decodes at
+    64×64, a fifth are digit images, the rest the four irrelevant kinds."""
+    import dataclasses
+
+    from PIL import Image
+
+    from mgd_det.data.pool import IRRELEVANT_KINDS, POOL_SPECS, RELEVANT_KIND, generate_pool
+
+    spec = dataclasses.replace(POOL_SPECS["mini_digits64_pool"], num_images=40)
+    with open(generate_pool(str(tmp_path), spec)) as f:
+        images = json.load(f)["images"]
+    assert len(images) == 40
+    for entry in images:
+        with Image.open(tmp_path / "images" / entry["file"]) as image:
+            assert image.size == (64, 64), entry["file"]
+    assert sum(e["relevant"] for e in images) == 8
+    assert {e["kind"] for e in images if e["relevant"]} == {RELEVANT_KIND}
+    assert {e["kind"] for e in images if not e["relevant"]} <= set(IRRELEVANT_KINDS)
+
+
 def test_optional_entry_fields_are_checked(tmp_path):
     from test_ledger import entry
 
