@@ -67,12 +67,10 @@ def setup(args):
 
 
 def teacher_eval_cfg(cfg):
-    """The teacher's config, evaluated on the MGD config's test sets and test sizes."""
+    """The teacher's config (at the student's test sizes), evaluated on the MGD config's test sets."""
     teacher_cfg = build_teacher_cfg(cfg).clone()
     teacher_cfg.defrost()
     teacher_cfg.DATASETS.TEST = cfg.DATASETS.TEST
-    teacher_cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MIN_SIZE_TEST
-    teacher_cfg.INPUT.MAX_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST
     teacher_cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "teacher_eval")
     teacher_cfg.freeze()
     return teacher_cfg

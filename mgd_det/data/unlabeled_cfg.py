@@ -11,7 +11,7 @@ from typing import Dict, Iterator, Optional, Sequence, Tuple
 
 import numpy as np
 
-from mgd_det.cfg_facts import config_seed, has_key
+from mgd_det.cfg_facts import config_seed
 from mgd_det.config_checks import raise_problems, register_config_check
 from mgd_det.errors import ConfigError
 from mgd_det.registry import Registry
@@ -27,7 +27,6 @@ logger = logging.getLogger(__name__)
 # the teacher's config or None, pool dicts) to (per-image weights, whether to draw uniformly).
 POOL_SAMPLINGS: Registry = Registry("pool sampling")
 DEFAULT_CACHE_NAME = "unlabeled_scores.json"
-_TEST_SIZE_KEYS = {"INPUT.MIN_SIZE_TEST", "INPUT.MAX_SIZE_TEST"}
 
 
 @register_config_check(mgd_only=False)  # also read by tools/score_unlabeled.py with a plain detector
@@ -60,45 +59,23 @@ def score_cache_path(cfg) -> str:
     return cfg.MGD.UNLABELED.SCORE_CACHE or os.path.join(cfg.OUTPUT_DIR, DEFAULT_CACHE_NAME)
 
 
-def _at_student_test_size(cfg, teacher_cfg):
-    """``teacher_cfg`` with the student's INPUT.MIN_SIZE_TEST / MAX_SIZE_TEST.
-
-    The teacher scores a pool image as distillation will show it: at the student's scale (as
-    ``tools/train_net.py --eval-teacher`` evaluates it), not at the size its own config file
-    names. A student trained at 64² from a teacher whose file says 128 would otherwise be
-    ranked by the teacher's view of 2× upscaled images, a scale neither model trains on.
-    Sizes set in MGD.TEACHER.OVERRIDES are kept: they are a choice made for this teacher.
-    """
-    student = (cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)
-    overridden = set(cfg.MGD.TEACHER.OVERRIDES[0::2]) if has_key(cfg, "MGD.TEACHER.OVERRIDES") else set()
-    if (teacher_cfg.INPUT.MIN_SIZE_TEST, teacher_cfg.INPUT.MAX_SIZE_TEST) == student or overridden & _TEST_SIZE_KEYS:
-        return teacher_cfg
-    logger.info("Teacher scores the pool at the student's test size (INPUT.MIN_SIZE_TEST %s, MAX_SIZE_TEST %s), "
-                "not its config's (%s, %s)", *student, teacher_cfg.INPUT.MIN_SIZE_TEST, teacher_cfg.INPUT.MAX_SIZE_TEST)
-    view = teacher_cfg.clone()
-    view.defrost()
-    view.INPUT.MIN_SIZE_TEST, view.INPUT.MAX_SIZE_TEST = student
-    view.freeze()
-    return view
-
-
 def score_unlabeled_from_cfg(
     cfg, teacher, teacher_cfg, dataset_dicts: Sequence[Dict], cache_path: Optional[str] = None
 ) -> ImageScores:
     """Score ``dataset_dicts`` with ``teacher`` as cfg.MGD.UNLABELED says, through the cache.
 
-    ``teacher_cfg`` is the teacher's own config: its INPUT.FORMAT and the *student's* test
-    sizes (:func:`_at_student_test_size`) prepare the images, and its MODEL section, those sizes
-    and TEST.DETECTIONS_PER_IMAGE are part of the cache identity with the teacher's weights
-    (hashed from the module in memory) and the threshold. Images are decoded by DATALOADER.NUM_WORKERS workers. In a multi-process run
-    every process must call this: each scores its share of the missing images, the values
-    are all-gathered, rank 0 writes the cache, and every process returns the same scores.
+    ``teacher_cfg`` is the teacher's own config (:func:`~mgd_det.modeling.teacher.build_teacher_cfg`:
+    at the student's test sizes): its INPUT.FORMAT and test sizes prepare the images, and its
+    MODEL section, those sizes and TEST.DETECTIONS_PER_IMAGE are part of the cache identity with
+    the teacher's weights (hashed from the module in memory) and the threshold. Images are
+    decoded by DATALOADER.NUM_WORKERS workers. In a multi-process run every process must call
+    this: each scores its share of the missing images, the values are all-gathered, rank 0
+    writes the cache, and every process returns the same scores.
     """
     from detectron2.utils import comm
 
     check_unlabeled_cfg(cfg)
     u = cfg.MGD.UNLABELED
-    teacher_cfg = _at_student_test_size(cfg, teacher_cfg)
     identity = teacher_identity(teacher, scoring_settings(teacher_cfg, u.SCORE_THRESH))
     cache = ScoreCache(cache_path or score_cache_path(cfg), identity)
     mapper = UnlabeledDatasetMapper(teacher_cfg, is_train=False)

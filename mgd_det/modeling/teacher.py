@@ -168,9 +168,17 @@ def _teacher_opts(cfg: CfgNode, teacher_cfg: CfgNode) -> List[str]:
 
 
 def build_teacher_cfg(cfg: CfgNode) -> CfgNode:
-    """The teacher's plain Detectron2 config: its file, the student's number of classes
-    (unless MGD.TEACHER.OVERRIDES sets it), then MGD.TEACHER.OVERRIDES."""
+    """The teacher's plain Detectron2 config: its file, the student's number of classes and test
+    sizes (unless MGD.TEACHER.OVERRIDES sets them), then MGD.TEACHER.OVERRIDES.
+
+    The teacher sees the student's images — in distillation, when it scores an unlabeled pool
+    and under ``--eval-teacher`` — so its test size is the student's, not the one its own file
+    names: a 64² student's pool scored at a teacher file's 128 is ranked on 2× upscaled images
+    (the CPU study's LF_pool rows, docs/results/study/PROTOCOL.md).
+    """
     teacher_cfg = _teacher_file_cfg(cfg)
+    teacher_cfg.INPUT.MIN_SIZE_TEST = cfg.INPUT.MIN_SIZE_TEST
+    teacher_cfg.INPUT.MAX_SIZE_TEST = cfg.INPUT.MAX_SIZE_TEST
     config_file = cfg.MGD.TEACHER.CONFIG_FILE
     if teacher_cfg.MODEL.META_ARCHITECTURE == MGD_META_ARCHITECTURE:
         raise ConfigError(

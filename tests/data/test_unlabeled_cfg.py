@@ -88,24 +88,22 @@ def test_score_cli_on_the_tiny_pool(tmp_path, monkeypatch, caplog, tiny_teacher_
 
 
 def test_the_teacher_scores_the_pool_at_the_student_s_test_size():
-    """A 64² student's pool is scored at 64, not at the 128 of the teacher's config file (the
-    label-free study's LF_pool rows did the latter); a size in MGD.TEACHER.OVERRIDES wins."""
+    """A 64² student's teacher sees images at 64, not at the 128 of its config file (the
+    label-free study's LF_pool rows scored their pool at 128); a size in MGD.TEACHER.OVERRIDES
+    wins; the score cache of one size is not reused at the other."""
+    from mgd_det.config import setup_cfg
     from mgd_det.data.scoring import scoring_settings
-    from mgd_det.data.unlabeled_cfg import _at_student_test_size
+    from mgd_det.modeling.teacher import build_teacher_cfg
 
-    cfg, teacher_cfg = get_mgd_cfg(), get_mgd_cfg()
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 64, 64
-    teacher_cfg.INPUT.MIN_SIZE_TEST, teacher_cfg.INPUT.MAX_SIZE_TEST = 128, 128
-    teacher_cfg.freeze()
-    view = _at_student_test_size(cfg, teacher_cfg)
-    assert (view.INPUT.MIN_SIZE_TEST, view.INPUT.MAX_SIZE_TEST) == (64, 64) and view.is_frozen()
-    assert teacher_cfg.INPUT.MIN_SIZE_TEST == 128, "the teacher's own config is left as it was"
-    assert scoring_settings(view, 0.5)["min_size_test"] == 64  # a cache of 128² scores is not reused
-    cfg.MGD.TEACHER.OVERRIDES = ["INPUT.MIN_SIZE_TEST", "96"]
-    assert _at_student_test_size(cfg, teacher_cfg) is teacher_cfg
-    cfg.MGD.TEACHER.OVERRIDES = []
-    cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST = 128, 128
-    assert _at_student_test_size(cfg, teacher_cfg) is teacher_cfg
+    config = _tiny.config_path("mgd_retinanet_R50_R18_labelfree_pool.yaml")
+    at_64 = build_teacher_cfg(setup_cfg(config, ["INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "64"]))
+    as_filed = build_teacher_cfg(setup_cfg(config, []))
+    assert (at_64.INPUT.MIN_SIZE_TEST, at_64.INPUT.MAX_SIZE_TEST) == (64, 64)
+    assert (as_filed.INPUT.MIN_SIZE_TEST, as_filed.INPUT.MAX_SIZE_TEST) == (128, 128)
+    assert scoring_settings(at_64, 0.5) != scoring_settings(as_filed, 0.5)
+    overridden = build_teacher_cfg(setup_cfg(config, [
+        "INPUT.MIN_SIZE_TEST", "64", "MGD.TEACHER.OVERRIDES", "['INPUT.MIN_SIZE_TEST', '96']"]))
+    assert overridden.INPUT.MIN_SIZE_TEST == 96
 
 
 def test_top_share_kinds_counts_the_best_scored_readable_images():
